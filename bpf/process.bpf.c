@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Process lifecycle: fork (processes only), exec (with argv), exit. */
+
+/*
+ * execve arguments are read at syscall entry (the old image's memory is
+ * gone afterwards) and kept here by tid until the exec is decided:
+ * sched_process_exec emits successes, sys_exit_execve* emits failures.
+ * Not preallocated: entries live microseconds, and 4096 preallocated
+ * 16 KiB values would pin 64 MiB.
+ */
+BPF_F_TABLE("hash", u32, struct aw_exec, aw_exec_stash, 4096, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(aw_exec_scratch, struct aw_exec, 1);
+
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+	/* TP_PROTO(struct task_struct *parent, struct task_struct *child); current is the parent. */
+	void *child = (void *)ctx->args[1];
+	u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
+	u32 agent, child_tgid = 0;
+
+	if (!aw_agent_of(parent_tgid, &agent))
+		return 0;
+	bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), (char *)child + OFF_TASK_STRUCT_TGID);
+	if (child_tgid == parent_tgid) {
+		/* A new thread: same process, same membership, no event. */
+		aw_stats.increment(AW_STAT_THREADS);
+		return 0;
+	}
+	if (agent && aw_watched.update(&child_tgid, &agent))
+		aw_stats.increment(AW_STAT_WATCH_FULL);
+
+	struct aw_fork *e = aw_events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		aw_lost.increment(AW_EVENT_FORK);
+		return 0;
+	}
+	aw_fill_header(&e->hdr, AW_EVENT_FORK, agent);
+	e->hdr.size = sizeof(*e);
+	e->child_pid = child_tgid;
+	e->child_agent_id = agent;
+	e->child_start_ns = 0;
+	bpf_probe_read_kernel(&e->child_start_ns, sizeof(e->child_start_ns),
+			      (char *)child + OFF_TASK_STRUCT_START_BOOTTIME);
+	aw_events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int aw_exec_enter(const char *filename, const char *const *argv, u32 flags)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid, agent, zero = 0;
+
+	if (!aw_agent_of(pid_tgid >> 32, &agent))
+		return 0;
+	struct aw_exec *e = aw_exec_scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	e->retval = 0;
+	e->flags = flags;
+	e->argc = 0;
+	e->argv_size = 0;
+	int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+	if (n < 0)
+		e->filename[0] = 0;
+	else if (n == sizeof(e->filename))
+		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
+
+	u32 off = 0;
+	int i;
+	for (i = 0; i < AW_ARGV_MAX_ARGS; i++) {
+		const char *arg = NULL;
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
+			e->flags |= AW_EXEC_ARGV_FAULT;
+			goto stash;
+		}
+		if (!arg)
+			goto stash;
+		if (off >= AW_ARGV_BYTES) {
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+			goto stash;
+		}
+		/*
+		 * A constant size the verifier can bound: the read may run past
+		 * the cap into the second half of the buffer, and is then cut.
+		 */
+		int len = bpf_probe_read_user_str(&e->argv[off & (AW_ARGV_BYTES - 1)],
+						  AW_ARGV_BYTES, arg);
+		if (len <= 0) {
+			e->flags |= AW_EXEC_ARGV_FAULT;
+			goto stash;
+		}
+		e->argc++;
+		if (off + len > AW_ARGV_BYTES) {
+			off = AW_ARGV_BYTES;
+			e->argv[AW_ARGV_BYTES - 1] = 0;
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+			goto stash;
+		}
+		off += len;
+	}
+	{
+		const char *more = NULL;
+		bpf_probe_read_user(&more, sizeof(more), &argv[AW_ARGV_MAX_ARGS]);
+		if (more)
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+	}
+stash:
+	e->argv_size = off;
+	if (aw_exec_stash.update(&tid, e))
+		aw_stats.increment(AW_STAT_EXEC_STASH_FULL);
+	return 0;
+}
+
+static __always_inline void aw_exec_emit(struct aw_exec *e, u32 agent)
+{
+	aw_fill_header(&e->hdr, AW_EVENT_EXEC, agent);
+	/* Only the used part of argv; the mask lets the verifier bound the length. */
+	u32 size = offsetof(struct aw_exec, argv) + (e->argv_size & (AW_ARGV_BUF - 1));
+	e->hdr.size = size;
+	if (aw_events.ringbuf_output(e, size, 0))
+		aw_lost.increment(AW_EVENT_EXEC);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+	return aw_exec_enter(args->filename, args->argv, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+	return aw_exec_enter(args->filename, args->argv, AW_EXEC_EXECVEAT);
+}
+
+/* A successful exec: current is the new image; old_pid is the tid that called execve. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u32 agent, zero = 0, old_tid = args->old_pid;
+
+	if (!aw_agent_of(bpf_get_current_pid_tgid() >> 32, &agent))
+		return 0;
+	struct aw_exec *e = aw_exec_stash.lookup(&old_tid);
+	int stashed = e != NULL;
+	if (!e) {
+		e = aw_exec_scratch.lookup(&zero);
+		if (!e)
+			return 0;
+		e->flags = AW_EXEC_NO_ARGV;
+		e->argc = 0;
+		e->argv_size = 0;
+	}
+	e->retval = 0;
+	/* The kernel's path (bprm->filename), which may differ from the one asked for. */
+	unsigned short loc = args->data_loc_filename & 0xFFFF;
+	e->flags &= ~AW_EXEC_FILENAME_TRUNCATED;
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + loc) ==
+	    sizeof(e->filename))
+		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
+	aw_exec_emit(e, agent);
+	if (stashed)
+		aw_exec_stash.delete(&old_tid);
+	return 0;
+}
+
+/* Reached with a stash entry only when the exec failed (success consumed it). */
+static __always_inline int aw_exec_failed(long ret)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid, agent;
+
+	struct aw_exec *e = aw_exec_stash.lookup(&tid);
+	if (!e)
+		return 0;
+	aw_agent_of(pid_tgid >> 32, &agent);
+	e->retval = ret;
+	aw_exec_emit(e, agent);
+	aw_exec_stash.delete(&tid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+	return aw_exec_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+	return aw_exec_failed(args->ret);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32, agent;
+
+#ifdef AW_EXIT_HAS_GROUP_DEAD
+	if (!args->group_dead)
+		return 0;
+#else
+	/* Older kernels: approximate "process gone" by its leader's exit. */
+	if (tgid != (u32)pid_tgid)
+		return 0;
+#endif
+	if (!aw_agent_of(tgid, &agent))
+		return 0;
+	aw_watched.delete(&tgid);
+
+	struct aw_exit *e = aw_events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		aw_lost.increment(AW_EVENT_EXIT);
+		return 0;
+	}
+	aw_fill_header(&e->hdr, AW_EVENT_EXIT, agent);
+	e->hdr.size = sizeof(*e);
+	e->exit_code = 0;
+	e->_pad = 0;
+	bpf_probe_read_kernel(&e->exit_code, sizeof(e->exit_code),
+			      (char *)bpf_get_current_task() + OFF_TASK_STRUCT_EXIT_CODE);
+	aw_events.ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,523 @@
+"""Minimal reader of raw BTF (BPF Type Format) blobs, stdlib only.
+
+Why this exists: our BPF programs are compiled by BCC against kernel headers
+that may not match the running kernel, so struct member offsets taken from
+those headers can be silently wrong.  At load time we read the offsets we need
+from the running kernel's own type information (``/sys/kernel/btf/vmlinux``)
+and pass them to the compiler as ``-DOFF_<STRUCT>_<MEMBER>=<bytes>``.
+
+Format reference: the kernel's Documentation/bpf/btf.rst.  A blob is::
+
+    struct btf_header { __u16 magic (0xeB9F); __u8 version; __u8 flags;
+                        __u32 hdr_len; __u32 type_off; __u32 type_len;
+                        __u32 str_off; __u32 str_len; };
+
+followed (at ``hdr_len``) by the type section and the string section, whose
+offsets are relative to the end of the header.  The type section is a
+sequence of ``struct btf_type {__u32 name_off; __u32 info; __u32 size_or_type}``
+records, each followed by kind-specific data; type ids start at 1 (id 0 is
+``void``).  Every record and its trailing data is a whole number of 32-bit
+words, which the parser below relies on to walk the section quickly.
+
+Only split-less (base) BTF such as vmlinux is supported; module BTF
+(``/sys/kernel/btf/<module>``) refers to vmlinux type ids and strings and is
+not handled.
+
+Usage::
+
+    from tracer import btf
+    btf.load_btf().member_offset("task_struct", "tgid")      # -> 1268
+    btf.offsets([("task_struct", "tgid"), ("sock_common", "skc_num")])
+    # -> {"OFF_TASK_STRUCT_TGID": 1268, "OFF_SOCK_COMMON_SKC_NUM": 14}
+    btf.cflags([...])  # -> ["-DOFF_TASK_STRUCT_TGID=1268", ...]
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from array import array
+from typing import Iterable, Mapping, Sequence, Union
+
+__all__ = [
+    "BtfError",
+    "Btf",
+    "VMLINUX_PATH",
+    "load_btf",
+    "parse_btf",
+    "macro_name",
+    "offsets",
+    "cflags",
+    "clear_cache",
+]
+
+VMLINUX_PATH = "/sys/kernel/btf/vmlinux"
+
+BTF_MAGIC = 0xEB9F
+_HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, 4 x u32
+_HEADER_BE = struct.Struct(">HBBIIIII")
+
+# BTF kinds (include/uapi/linux/btf.h).
+KIND_UNKN = 0
+KIND_INT = 1
+KIND_PTR = 2
+KIND_ARRAY = 3
+KIND_STRUCT = 4
+KIND_UNION = 5
+KIND_ENUM = 6
+KIND_FWD = 7
+KIND_TYPEDEF = 8
+KIND_VOLATILE = 9
+KIND_CONST = 10
+KIND_RESTRICT = 11
+KIND_FUNC = 12
+KIND_FUNC_PROTO = 13
+KIND_VAR = 14
+KIND_DATASEC = 15
+KIND_FLOAT = 16
+KIND_DECL_TAG = 17
+KIND_TYPE_TAG = 18
+KIND_ENUM64 = 19
+
+KIND_NAMES = {
+    KIND_UNKN: "UNKN", KIND_INT: "INT", KIND_PTR: "PTR", KIND_ARRAY: "ARRAY",
+    KIND_STRUCT: "STRUCT", KIND_UNION: "UNION", KIND_ENUM: "ENUM",
+    KIND_FWD: "FWD", KIND_TYPEDEF: "TYPEDEF", KIND_VOLATILE: "VOLATILE",
+    KIND_CONST: "CONST", KIND_RESTRICT: "RESTRICT", KIND_FUNC: "FUNC",
+    KIND_FUNC_PROTO: "FUNC_PROTO", KIND_VAR: "VAR", KIND_DATASEC: "DATASEC",
+    KIND_FLOAT: "FLOAT", KIND_DECL_TAG: "DECL_TAG", KIND_TYPE_TAG: "TYPE_TAG",
+    KIND_ENUM64: "ENUM64",
+}
+
+# Trailing data after the 3-word btf_type header, in 32-bit words:
+# extra = _FIXED_WORDS[kind] + _VLEN_WORDS[kind] * vlen.
+_FIXED_WORDS = (
+    None,  # UNKN: never valid in the type section
+    1,     # INT: __u32 encoding/offset/bits
+    0,     # PTR
+    3,     # ARRAY: struct btf_array {type, index_type, nelems}
+    0, 0,  # STRUCT, UNION (members counted below)
+    0,     # ENUM
+    0,     # FWD
+    0,     # TYPEDEF
+    0,     # VOLATILE
+    0,     # CONST
+    0,     # RESTRICT
+    0,     # FUNC
+    0,     # FUNC_PROTO
+    1,     # VAR: struct btf_var {linkage}
+    0,     # DATASEC
+    0,     # FLOAT
+    1,     # DECL_TAG: struct btf_decl_tag {component_idx}
+    0,     # TYPE_TAG
+    0,     # ENUM64
+)
+_VLEN_WORDS = (
+    0, 0, 0, 0,
+    3, 3,  # STRUCT/UNION: struct btf_member {name_off, type, offset}
+    2,     # ENUM: struct btf_enum {name_off, val}
+    0, 0, 0, 0, 0, 0,
+    2,     # FUNC_PROTO: struct btf_param {name_off, type}
+    0,
+    3,     # DATASEC: struct btf_var_secinfo {type, offset, size}
+    0, 0, 0,
+    3,     # ENUM64: struct btf_enum64 {name_off, val_lo32, val_hi32}
+)
+_NUM_KINDS = len(_FIXED_WORDS)
+
+# Kinds whose size_or_type field is a type id we follow to find a size /
+# the underlying struct of an anonymous member.
+_MODIFIER_KINDS = frozenset(
+    {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
+)
+_SIZED_KINDS = frozenset(
+    {KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT}
+)
+_POINTER_SIZE = 8  # BPF targets are 64-bit; BTF PTR has no size field.
+_MAX_CHAIN = 64    # guard against malformed typedef/modifier loops
+
+
+class BtfError(Exception):
+    """Raised for unreadable/malformed BTF or when a struct/member is missing."""
+
+
+def _kind_name(kind: int) -> str:
+    return KIND_NAMES.get(kind, f"kind {kind}")
+
+
+class Btf:
+    """A parsed BTF blob.
+
+    Parsing is a single pass over the type section that records where each
+    type id starts and, for STRUCT/UNION records, the id of the first
+    definition per name offset; members are decoded lazily on lookup.
+    """
+
+    def __init__(self, data: bytes, source: str = "<bytes>"):
+        self.source = source
+        if len(data) < _HEADER.size:
+            raise BtfError(
+                f"{source}: not BTF: only {len(data)} bytes, header needs {_HEADER.size}"
+            )
+        magic = struct.unpack_from("<H", data, 0)[0]
+        if magic == BTF_MAGIC:
+            hdr, order = _HEADER, "little"
+        elif magic == 0x9FEB:  # BTF written in big-endian byte order
+            hdr, order = _HEADER_BE, "big"
+        else:
+            raise BtfError(
+                f"{source}: not BTF: bad magic 0x{magic:04x} (expected 0x{BTF_MAGIC:04x})"
+            )
+        (_magic, self.version, self.flags, hdr_len, type_off, type_len,
+         str_off, str_len) = hdr.unpack_from(data, 0)
+        if self.version != 1:
+            raise BtfError(f"{source}: unsupported BTF version {self.version}")
+        if hdr_len < _HEADER.size or hdr_len > len(data):
+            raise BtfError(f"{source}: bad BTF header length {hdr_len}")
+        t_start = hdr_len + type_off
+        s_start = hdr_len + str_off
+        if t_start + type_len > len(data) or s_start + str_len > len(data):
+            raise BtfError(
+                f"{source}: truncated BTF: sections end at "
+                f"{max(t_start + type_len, s_start + str_len)} but blob is {len(data)} bytes"
+            )
+        if type_len % 4:
+            raise BtfError(f"{source}: type section length {type_len} not a multiple of 4")
+
+        self._strs = bytes(data[s_start:s_start + str_len])
+        words = array("I")
+        if words.itemsize != 4:  # pragma: no cover - every supported platform
+            raise BtfError("platform has no 32-bit unsigned array type")
+        words.frombytes(data[t_start:t_start + type_len])
+        if order != sys.byteorder:
+            words.byteswap()
+        # Python list indexing is markedly faster than array/memoryview
+        # indexing in the hot loop below.
+        self._w = w = words.tolist()
+
+        # --- single pass over the type section -------------------------
+        starts = [0]            # starts[type_id] = word index; id 0 is void
+        append = starts.append
+        struct_by_name: dict[int, int] = {}   # name_off -> first sized STRUCT/UNION id
+        empty_by_name: dict[int, int] = {}    # name_off -> first zero-size one
+        fixed, per_vlen, nkinds = _FIXED_WORDS, _VLEN_WORDS, _NUM_KINDS
+        pos, end, tid = 0, len(w), 0
+        try:
+            while pos < end:
+                append(pos)
+                tid += 1
+                info = w[pos + 1]
+                kind = (info >> 24) & 0x1F
+                if kind == 4 or kind == 5:  # STRUCT / UNION
+                    name_off = w[pos]
+                    if name_off:
+                        if w[pos + 2]:
+                            if name_off not in struct_by_name:
+                                struct_by_name[name_off] = tid
+                        elif name_off not in empty_by_name:
+                            empty_by_name[name_off] = tid
+                    pos += 3 + 3 * (info & 0xFFFF)
+                else:
+                    pos += 3 + fixed[kind] + per_vlen[kind] * (info & 0xFFFF)
+        except (IndexError, TypeError):
+            # TypeError: fixed[0] is None (kind UNKN); IndexError: unknown
+            # kind, or a record header cut off by the end of the section.
+            if pos + 3 > end:
+                raise BtfError(
+                    f"{source}: type section truncated inside type id {tid}"
+                ) from None
+            raise BtfError(
+                f"{source}: unknown or invalid BTF kind {kind} for type id {tid} "
+                f"(byte {t_start + 4 * pos} of the blob)"
+            ) from None
+        if pos != end:
+            raise BtfError(f"{source}: type section truncated inside type id {tid}")
+        for name_off, t in empty_by_name.items():
+            struct_by_name.setdefault(name_off, t)
+        self._starts = starts
+        self._struct_by_name = struct_by_name
+        self._resolved: dict[tuple[str, str], tuple[int, int, int]] = {}
+
+    # ---- low level accessors ---------------------------------------------
+
+    @property
+    def type_count(self) -> int:
+        """Number of types (the highest type id)."""
+        return len(self._starts) - 1
+
+    def _str(self, off: int) -> str:
+        strs = self._strs
+        if off >= len(strs):
+            raise BtfError(f"{self.source}: string offset {off} out of range")
+        end = strs.find(b"\0", off)
+        if end < 0:
+            end = len(strs)
+        return strs[off:end].decode("utf-8", "replace")
+
+    def _type(self, tid: int) -> tuple[int, int, int, int, int, int]:
+        """(pos, name_off, kind, vlen, kind_flag, size_or_type) of a type id."""
+        if not 0 < tid < len(self._starts):
+            raise BtfError(f"{self.source}: type id {tid} out of range")
+        pos = self._starts[tid]
+        w = self._w
+        info = w[pos + 1]
+        return (pos, w[pos], (info >> 24) & 0x1F, info & 0xFFFF,
+                info >> 31, w[pos + 2])
+
+    def _name_offsets(self, name: str) -> list[int]:
+        """All string-section offsets at which ``name`` occurs as a whole string."""
+        needle = b"\0" + name.encode() + b"\0"
+        strs = self._strs
+        found = []
+        i = strs.find(needle)
+        while i >= 0:
+            found.append(i + 1)
+            i = strs.find(needle, i + 1)
+        return found
+
+    def find_struct(self, name: str) -> int:
+        """Type id of the struct/union definition called ``name``.
+
+        Uses the first STRUCT/UNION with that name and a non-zero size (a
+        zero-size definition only if there is no sized one); FWD declarations
+        are never returned.
+        """
+        if not name:
+            raise BtfError("empty struct name")
+        candidates = [
+            self._struct_by_name[off]
+            for off in self._name_offsets(name)
+            if off in self._struct_by_name
+        ]
+        if not candidates:
+            raise BtfError(f"{self.source}: no struct or union named '{name}' in BTF")
+        sized = [t for t in candidates if self._type(t)[5]]
+        return min(sized or candidates)
+
+    def _resolve_modifiers(self, tid: int) -> int:
+        for _ in range(_MAX_CHAIN):
+            if tid == 0:
+                return 0
+            kind = self._type(tid)[2]
+            if kind not in _MODIFIER_KINDS:
+                return tid
+            tid = self._type(tid)[5]
+        raise BtfError(f"{self.source}: type chain too deep / looping at type id {tid}")
+
+    def type_size(self, tid: int) -> int:
+        """Byte size of a type, following typedef/const/volatile/restrict/type_tag."""
+        for _ in range(_MAX_CHAIN):
+            if tid == 0:
+                raise BtfError(f"{self.source}: 'void' has no size")
+            pos, _n, kind, _v, _kf, size_or_type = self._type(tid)
+            if kind in _SIZED_KINDS:
+                return size_or_type
+            if kind == KIND_PTR:
+                return _POINTER_SIZE
+            if kind == KIND_ARRAY:
+                elem, _index, nelems = self._w[pos + 3:pos + 6]
+                return nelems * self.type_size(elem) if nelems else 0
+            if kind in _MODIFIER_KINDS:
+                tid = size_or_type
+                continue
+            raise BtfError(
+                f"{self.source}: type id {tid} ({_kind_name(kind)}) has no size"
+            )
+        raise BtfError(f"{self.source}: type chain too deep / looping at type id {tid}")
+
+    # ---- member lookup ------------------------------------------------------
+
+    def _find_member(self, sid: int, name_offs: frozenset[int], base_bits: int,
+                     depth: int = 0):
+        """Depth-first search for a member whose name offset is in ``name_offs``.
+
+        Descends into anonymous struct/union members, accumulating their
+        offsets.  Returns (bit_offset, bitfield_size, member_type_id) or None.
+        """
+        if depth > _MAX_CHAIN:
+            raise BtfError(f"{self.source}: anonymous members nested too deep")
+        pos, _n, _kind, vlen, kind_flag, _size = self._type(sid)
+        w = self._w
+        p = pos + 3
+        for _ in range(vlen):
+            m_name, m_type, m_off = w[p], w[p + 1], w[p + 2]
+            p += 3
+            if kind_flag:
+                bits, bf_size = m_off & 0xFFFFFF, m_off >> 24
+            else:
+                bits, bf_size = m_off, 0
+            if m_name in name_offs:
+                if not kind_flag and m_type:
+                    # Old-style bitfield: encoded in the INT type itself.
+                    t_pos, _tn, t_kind, _tv, _tkf, t_size = self._type(m_type)
+                    if t_kind == KIND_INT:
+                        enc = w[t_pos + 3]
+                        int_off, int_bits = (enc >> 16) & 0xFF, enc & 0xFF
+                        if int_off or int_bits != 8 * t_size:
+                            bits += int_off
+                            bf_size = int_bits
+                return base_bits + bits, bf_size, m_type
+            if m_name == 0 and m_type:
+                inner = self._resolve_modifiers(m_type)
+                if inner and self._type(inner)[2] in (KIND_STRUCT, KIND_UNION):
+                    hit = self._find_member(inner, name_offs, base_bits + bits, depth + 1)
+                    if hit is not None:
+                        return hit
+        return None
+
+    def _lookup(self, struct_name: str, member: str) -> tuple[int, int, int]:
+        key = (struct_name, member)
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        sid = self.find_struct(struct_name)
+        name_offs = frozenset(self._name_offsets(member)) if member else frozenset()
+        hit = self._find_member(sid, name_offs, 0) if name_offs else None
+        if hit is None:
+            kind = _kind_name(self._type(sid)[2]).lower()
+            raise BtfError(
+                f"{self.source}: {kind} '{struct_name}' (type id {sid}) has no "
+                f"member '{member}'"
+            )
+        self._resolved[key] = hit
+        return hit
+
+    def member_bit_offset(self, struct_name: str, member: str) -> int:
+        """Bit offset of a member (bitfields allowed)."""
+        return self._lookup(struct_name, member)[0]
+
+    def member_offset(self, struct_name: str, member: str) -> int:
+        """Byte offset of ``member`` in struct/union ``struct_name``.
+
+        Members of anonymous structs/unions are found too (their offsets are
+        added).  Raises BtfError if the struct or member does not exist, or
+        if the member is a bitfield that does not start on a byte boundary.
+        """
+        bits, bf_size, _t = self._lookup(struct_name, member)
+        if bits % 8:
+            raise BtfError(
+                f"{self.source}: {struct_name}.{member} is a bitfield "
+                f"({bf_size} bits at bit offset {bits}) not aligned to a byte"
+            )
+        return bits // 8
+
+    def member_size(self, struct_name: str, member: str) -> int:
+        """Byte size of ``member``'s type (typedefs etc. resolved; pointers 8).
+
+        For a bitfield, its width in bytes if it is a whole number of bytes,
+        else BtfError.
+        """
+        bits, bf_size, m_type = self._lookup(struct_name, member)
+        if bf_size:
+            if bf_size % 8:
+                raise BtfError(
+                    f"{self.source}: {struct_name}.{member} is a {bf_size}-bit "
+                    f"bitfield, not a whole number of bytes"
+                )
+            return bf_size // 8
+        try:
+            return self.type_size(m_type)
+        except BtfError as e:
+            raise BtfError(f"{struct_name}.{member}: {e}") from None
+
+    def struct_size(self, struct_name: str) -> int:
+        """Byte size of struct/union ``struct_name``."""
+        return self._type(self.find_struct(struct_name))[5]
+
+
+# ---- module-level helpers / cache ----------------------------------------
+
+_cache: dict[tuple[str, int, int, int, int], Btf] = {}
+
+
+def clear_cache() -> None:
+    """Forget every parsed blob memoized by load_btf()."""
+    _cache.clear()
+
+
+def parse_btf(data: bytes, source: str = "<bytes>") -> Btf:
+    """Parse an in-memory BTF blob (no caching)."""
+    return Btf(data, source)
+
+
+def load_btf(path: str = VMLINUX_PATH) -> Btf:
+    """Read and parse the BTF blob at ``path``, memoized by path + inode + mtime + size."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            btf = _cache.get(key)
+            if btf is not None:
+                return btf
+            data = f.read()
+    except OSError as e:
+        raise BtfError(f"cannot read BTF from {path}: {e.strerror or e}") from e
+    btf = Btf(data, path)
+    _cache[key] = btf
+    return btf
+
+
+Spec = Union[Mapping[str, Sequence[str]], Iterable[Sequence[str]]]
+
+
+def macro_name(struct_name: str, member: str) -> str:
+    """'task_struct', 'tgid' -> 'OFF_TASK_STRUCT_TGID'."""
+    return f"OFF_{struct_name.upper()}_{member.upper()}"
+
+
+def _spec_items(spec: Spec) -> list[tuple[str, str, str]]:
+    if isinstance(spec, Mapping):
+        items = []
+        for macro, pair in spec.items():
+            s, m = pair
+            items.append((macro, s, m))
+        return items
+    return [(macro_name(s, m), s, m) for s, m in spec]
+
+
+def offsets(spec: Spec, path: str = VMLINUX_PATH, btf: Btf | None = None) -> dict[str, int]:
+    """Byte offsets for a set of members, keyed by macro name.
+
+    ``spec`` is either a list of ``(struct, member)`` pairs (macro names are
+    derived with macro_name(), e.g. ``OFF_TASK_STRUCT_TGID``) or a mapping of
+    ``macro name -> (struct, member)``.  Raises BtfError naming the first
+    missing struct/member.
+    """
+    if btf is None:
+        btf = load_btf(path)
+    return {macro: btf.member_offset(s, m) for macro, s, m in _spec_items(spec)}
+
+
+def cflags(spec: Spec, path: str = VMLINUX_PATH, btf: Btf | None = None) -> list[str]:
+    """offsets() formatted as compiler flags: ['-DOFF_TASK_STRUCT_TGID=1268', ...]."""
+    return [f"-D{k}={v}" for k, v in offsets(spec, path, btf).items()]
+
+
+def _main(argv: Sequence[str]) -> int:
+    """python3 -m tracer.btf [--path P] struct.member ...  -> prints -D flags."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print -DOFF_* flags from kernel BTF")
+    ap.add_argument("--path", default=VMLINUX_PATH)
+    ap.add_argument("members", nargs="+", metavar="STRUCT.MEMBER")
+    args = ap.parse_args(argv)
+    pairs = []
+    for item in args.members:
+        s, sep, m = item.partition(".")
+        if not sep or not s or not m:
+            ap.error(f"expected STRUCT.MEMBER, got {item!r}")
+        pairs.append((s, m))
+    try:
+        btf = load_btf(args.path)
+        for (s, m), flag in zip(pairs, cflags(pairs, btf=btf)):
+            print(f"{flag}\t# size {btf.member_size(s, m)}")
+    except BtfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,264 @@
+"""The Python mirror of bpf/events.h, and nothing else.
+
+Constants are read from events.h itself, so the limits exist once. The
+ctypes classes restate the struct layouts; tests/unit/test_event_layout.py
+compiles events.h with the host compiler and fails when they drift.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+EVENTS_H = BPF_DIR / "events.h"
+
+
+def read_defines(path: Path = EVENTS_H) -> dict[str, int]:
+    """Every `#define AW_NAME <integer or (2 * AW_OTHER)>` of events.h."""
+    defines: dict[str, int] = {}
+    pattern = re.compile(r"^#define\s+(AW_\w+)\s+(.+?)\s*(?:/\*.*)?$")
+    for line in path.read_text().splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        expr = match.group(2).strip()
+        names = re.sub(r"\bAW_\w+\b", lambda m: str(defines[m.group(0)]), expr)
+        names = names.rstrip("uU")
+        # Only integers, parentheses and * are allowed: the header is data.
+        if not re.fullmatch(r"[\d\s()*]+", names):
+            raise ValueError(f"{path}: cannot read #define {match.group(1)} {expr}")
+        value = 1
+        for factor in re.findall(r"\d+", names):
+            value *= int(factor)
+        defines[match.group(1)] = value
+    return defines
+
+
+_D = read_defines()
+COMM_LEN = _D["AW_COMM_LEN"]
+FILENAME_LEN = _D["AW_FILENAME_LEN"]
+ARGV_BYTES = _D["AW_ARGV_BYTES"]
+ARGV_MAX_ARGS = _D["AW_ARGV_MAX_ARGS"]
+ARGV_BUF = _D["AW_ARGV_BUF"]
+
+EVENT_FORK = _D["AW_EVENT_FORK"]
+EVENT_EXEC = _D["AW_EVENT_EXEC"]
+EVENT_EXIT = _D["AW_EVENT_EXIT"]
+EVENT_CONNECT = _D["AW_EVENT_CONNECT"]
+EVENT_TYPES = _D["AW_EVENT_TYPES"]
+EVENT_NAMES = {EVENT_FORK: "fork", EVENT_EXEC: "exec", EVENT_EXIT: "exit", EVENT_CONNECT: "connect"}
+
+EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
+EXEC_FILENAME_TRUNCATED = _D["AW_EXEC_FILENAME_TRUNCATED"]
+EXEC_EXECVEAT = _D["AW_EXEC_EXECVEAT"]
+EXEC_NO_ARGV = _D["AW_EXEC_NO_ARGV"]
+EXEC_ARGV_FAULT = _D["AW_EXEC_ARGV_FAULT"]
+CONNECT_NO_SOCKET = _D["AW_CONNECT_NO_SOCKET"]
+
+STAT_THREADS = _D["AW_STAT_THREADS"]
+STAT_EXEC_STASH_FULL = _D["AW_STAT_EXEC_STASH_FULL"]
+STAT_WATCH_FULL = _D["AW_STAT_WATCH_FULL"]
+STATS = _D["AW_STATS"]
+STAT_NAMES = {
+    STAT_THREADS: "threads_created",
+    STAT_EXEC_STASH_FULL: "exec_argv_dropped",
+    STAT_WATCH_FULL: "membership_full",
+}
+
+u8, u16, u32, u64, s32 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64, ct.c_int32
+
+
+class RawHeader(ct.Structure):
+    _fields_ = [
+        ("type", u32),
+        ("size", u32),
+        ("ktime_ns", u64),
+        ("start_ns", u64),
+        ("pid", u32),
+        ("tid", u32),
+        ("ppid", u32),
+        ("uid", u32),
+        ("agent_id", u32),
+        ("_pad", u32),
+        ("comm", ct.c_char * COMM_LEN),
+    ]
+
+
+class RawFork(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("child_pid", u32),
+        ("child_agent_id", u32),
+        ("child_start_ns", u64),
+    ]
+
+
+class RawExec(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("retval", s32),
+        ("flags", u32),
+        ("argc", u32),
+        ("argv_size", u32),
+        ("filename", ct.c_char * FILENAME_LEN),
+        ("argv", ct.c_char * ARGV_BUF),
+    ]
+
+
+class RawExit(ct.Structure):
+    _fields_ = [("hdr", RawHeader), ("exit_code", u32), ("_pad", u32)]
+
+
+class RawConnect(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("retval", s32),
+        ("fd", u32),
+        ("family", u16),
+        ("protocol", u16),
+        ("sock_type", u16),
+        ("flags", u16),
+        ("sport", u16),
+        ("dport", u16),
+        ("_pad", u32),
+        ("saddr", u8 * 16),
+        ("daddr", u8 * 16),
+    ]
+
+
+# Every C struct of events.h and its mirror, for the layout test.
+MIRRORS = {
+    "aw_header": RawHeader,
+    "aw_fork": RawFork,
+    "aw_exec": RawExec,
+    "aw_exit": RawExit,
+    "aw_connect": RawConnect,
+}
+
+HEADER_SIZE = ct.sizeof(RawHeader)
+EXEC_FIXED_SIZE = RawExec.argv.offset
+
+
+class _RawExecHead(ct.Structure):
+    """RawExec without argv: the fixed part every exec record carries."""
+
+    _fields_ = RawExec._fields_[:-1]
+
+
+class DecodeError(ValueError):
+    """A record that does not match the contract: a bug, never user input."""
+
+
+@dataclass(slots=True)
+class Event:
+    type: str
+    ktime_ns: int
+    start_ns: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    agent_id: int
+    comm: bytes
+
+
+@dataclass(slots=True)
+class ForkEvent(Event):
+    child_pid: int
+    child_agent_id: int
+    child_start_ns: int
+
+
+@dataclass(slots=True)
+class ExecEvent(Event):
+    retval: int
+    flags: int
+    filename: bytes
+    argv: list[bytes]
+
+    @property
+    def argv_truncated(self) -> bool:
+        return bool(self.flags & EXEC_ARGV_TRUNCATED)
+
+
+@dataclass(slots=True)
+class ExitEvent(Event):
+    exit_code: int  # wait(2) status
+
+    @property
+    def code(self) -> int:
+        return (self.exit_code >> 8) & 0xFF
+
+    @property
+    def signal(self) -> int:
+        return self.exit_code & 0x7F
+
+
+@dataclass(slots=True)
+class ConnectEvent(Event):
+    retval: int
+    fd: int
+    family: int
+    protocol: int
+    sock_type: int
+    flags: int
+    sport: int
+    dport: int
+    saddr: bytes
+    daddr: bytes
+
+
+def _common(h: RawHeader) -> tuple:
+    return (
+        EVENT_NAMES.get(h.type, str(h.type)),
+        h.ktime_ns,
+        h.start_ns,
+        h.pid,
+        h.tid,
+        h.ppid,
+        h.uid,
+        h.agent_id,
+        h.comm,
+    )
+
+
+def decode(raw: bytes) -> Event:
+    """One ring buffer record (bytes copied out of the callback) to an Event."""
+    if len(raw) < HEADER_SIZE:
+        raise DecodeError(f"record of {len(raw)} bytes is shorter than the header")
+    kind = int.from_bytes(raw[:4], "little")
+    if kind == EVENT_EXEC:
+        if len(raw) < EXEC_FIXED_SIZE:
+            raise DecodeError(f"exec record of {len(raw)} bytes")
+        e = _RawExecHead.from_buffer_copy(raw)
+        blob = raw[EXEC_FIXED_SIZE : EXEC_FIXED_SIZE + e.argv_size]
+        argv = blob.split(b"\0")
+        if argv and argv[-1] == b"":
+            argv.pop()
+        return ExecEvent(*_common(e.hdr), e.retval, e.flags, e.filename, argv[: e.argc])
+    cls = {EVENT_FORK: RawFork, EVENT_EXIT: RawExit, EVENT_CONNECT: RawConnect}.get(kind)
+    if cls is None:
+        raise DecodeError(f"unknown record type {kind}")
+    if len(raw) < ct.sizeof(cls):
+        raise DecodeError(f"{EVENT_NAMES[kind]} record of {len(raw)} bytes, want {ct.sizeof(cls)}")
+    r = cls.from_buffer_copy(raw)
+    if kind == EVENT_FORK:
+        return ForkEvent(*_common(r.hdr), r.child_pid, r.child_agent_id, r.child_start_ns)
+    if kind == EVENT_EXIT:
+        return ExitEvent(*_common(r.hdr), r.exit_code)
+    return ConnectEvent(
+        *_common(r.hdr),
+        r.retval,
+        r.fd,
+        r.family,
+        r.protocol,
+        r.sock_type,
+        r.flags,
+        r.sport,
+        r.dport,
+        bytes(r.saddr),
+        bytes(r.daddr),
+    )

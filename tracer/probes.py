@@ -1,0 +1,220 @@
+"""BCC, and only here: compile the BPF program once, attach, drain, detach.
+
+Everything after this module works on plain bytes and Python objects, so it
+can be tested without root and fed from recordings.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import events
+from .btf import BtfError, load_btf
+
+MAIN_SOURCE = events.BPF_DIR / "agentwatch.bpf.c"
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+# Kernel struct members the programs read; macro OFF_<STRUCT>_<MEMBER>.
+KERNEL_FIELDS = [
+    ("task_struct", "pid"),
+    ("task_struct", "tgid"),
+    ("task_struct", "real_parent"),
+    ("task_struct", "group_leader"),
+    ("task_struct", "start_boottime"),
+    ("task_struct", "exit_code"),
+    ("task_struct", "files"),
+    ("files_struct", "fdt"),
+    ("fdtable", "fd"),
+    ("fdtable", "max_fds"),
+    ("file", "private_data"),
+    ("socket", "type"),
+    ("socket", "sk"),
+    ("socket", "file"),
+    ("sock", "__sk_common"),
+    ("sock", "sk_protocol"),
+    ("sock_common", "skc_num"),
+    ("sock_common", "skc_rcv_saddr"),
+    ("sock_common", "skc_v6_rcv_saddr"),
+]
+
+# (category, event) of every tracepoint the programs attach to.
+TRACEPOINTS = [
+    ("syscalls", "sys_enter_execve"),
+    ("syscalls", "sys_enter_execveat"),
+    ("syscalls", "sys_exit_execve"),
+    ("syscalls", "sys_exit_execveat"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("sched", "sched_process_fork"),  # attached raw: its args name the child task
+    ("syscalls", "sys_enter_connect"),
+    ("syscalls", "sys_exit_connect"),
+]
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+class ProbeError(RuntimeError):
+    """The kernel side cannot be set up; the message says why and what to do."""
+
+
+def tracefs() -> str | None:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    return None
+
+
+def tracepoint_fields(category: str, event: str) -> set[str] | None:
+    """Field names from the running kernel's tracefs format file."""
+    root = tracefs()
+    if root is None:
+        return None
+    try:
+        text = Path(root, "events", category, event, "format").read_text()
+    except OSError:
+        return None
+    return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
+
+
+def expand_includes(path: Path) -> str:
+    """Inline local `#include "..."` lines into one text.
+
+    BCC generates tracepoint argument structs only for probes it sees in the
+    main text, so the per-concern files are pasted in rather than included.
+    """
+    lines = []
+    for line in path.read_text().splitlines():
+        match = re.match(r'\s*#include\s+"([^"]+)"', line)
+        if match:
+            lines.append(f"/* ---- {match.group(1)} ---- */")
+            lines.append(expand_includes(path.parent / match.group(1)))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def kernel_offsets(btf_path: str = BTF_PATH) -> dict[str, int]:
+    try:
+        btf = load_btf(btf_path)
+        return {
+            f"OFF_{s.upper()}_{m.upper()}": btf.member_offset(s, m) for s, m in KERNEL_FIELDS
+        }
+    except (OSError, BtfError) as exc:
+        raise ProbeError(
+            f"cannot read kernel struct offsets from {btf_path}: {exc} "
+            "(agentwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    host_wide: bool = False
+    ringbuf_pages: int = 1024  # power of two; 4 MiB
+    self_tgid: int = 0
+
+
+def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None) -> list[str]:
+    if config.ringbuf_pages <= 0 or config.ringbuf_pages & (config.ringbuf_pages - 1):
+        raise ProbeError(f"ring buffer pages must be a power of two, not {config.ringbuf_pages}")
+    flags = [f"-I{events.BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
+    flags += [
+        f"-DAW_RINGBUF_PAGES={config.ringbuf_pages}",
+        f"-DAW_HOST_WIDE={1 if config.host_wide else 0}",
+        f"-DAW_SELF_TGID={config.self_tgid}",
+    ]
+    if exit_fields and "group_dead" in exit_fields:
+        flags.append("-DAW_EXIT_HAS_GROUP_DEAD=1")
+    return flags
+
+
+def program_text() -> str:
+    return expand_includes(MAIN_SOURCE)
+
+
+class Probes:
+    """The loaded programs and their maps. Use as a context manager."""
+
+    def __init__(self, config: ProbeConfig):
+        if os.geteuid() != 0:
+            raise ProbeError("agentwatch needs root (CAP_BPF and CAP_PERFMON) to load its probes")
+        if tracefs() is None:
+            raise ProbeError(
+                "tracefs is not mounted: run `mount -t tracefs tracefs /sys/kernel/tracing`"
+            )
+        try:
+            from bcc import BPF  # noqa: PLC0415  (the one place bcc is imported)
+        except ImportError:
+            raise ProbeError(
+                "the bcc Python module is missing: run `make setup` "
+                "(apt-get install python3-bpfcc, venv with --system-site-packages)"
+            ) from None
+        self.config = config
+        self.cflags = build_cflags(
+            config, kernel_offsets(), tracepoint_fields("sched", "sched_process_exit")
+        )
+        started = time.monotonic()
+        try:
+            self._bpf = BPF(text=program_text(), cflags=self.cflags)
+        except Exception as exc:  # BCC raises bare Exception for compile and load errors
+            raise ProbeError(f"cannot load the BPF programs: {exc}") from None
+        self.armed_seconds = time.monotonic() - started
+        self._batch: list[bytes] = []
+        self._watched = self._bpf["aw_watched"]
+        self._lost = self._bpf["aw_lost"]
+        self._stats = self._bpf["aw_stats"]
+        batch = self._batch
+
+        def on_record(_ctx, data, size):
+            # Copy and return 0 at once: data is only valid during the call,
+            # and BCC 0.26 takes a slow path when the callback returns None.
+            batch.append(ct.string_at(data, size))
+            return 0
+
+        self._on_record = on_record  # keep a reference: BCC holds only a C pointer
+        self._bpf["aw_events"].open_ring_buffer(on_record)
+
+    def poll(self, timeout_ms: int = 100) -> list[bytes]:
+        """Records that arrived, waiting at most timeout_ms for the first."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out = self._batch[:]
+        self._batch.clear()
+        return out
+
+    def watch(self, tgid: int, agent_id: int) -> None:
+        self._watched[ct.c_uint32(tgid)] = ct.c_uint32(agent_id)
+
+    def unwatch(self, tgid: int) -> None:
+        try:
+            del self._watched[ct.c_uint32(tgid)]
+        except KeyError:
+            pass
+
+    def members(self, agent_id: int) -> list[int]:
+        """The tgids the kernel holds in an agent right now."""
+        return [k.value for k, v in self._watched.items() if v.value == agent_id]
+
+    def lost_counts(self) -> dict[str, int]:
+        """Failed ring buffer writes since load, per event type."""
+        out = {}
+        for kind, name in events.EVENT_NAMES.items():
+            out[name] = sum(self._lost[ct.c_int(kind)])
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {name: sum(self._stats[ct.c_int(i)]) for i, name in events.STAT_NAMES.items()}
+
+    def close(self) -> None:
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def __enter__(self) -> "Probes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
