@@ -1,0 +1,55 @@
+"""Which agent owns a process: the registry of agents being watched.
+
+The kernel knows an agent by a small integer (the value in the aw_watched
+map); users and SIEMs know it by a string id, its root pid and its labels.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Agent:
+    id: str
+    kernel_id: int
+    root_pid: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "root_pid": self.root_pid, "labels": self.labels}
+
+
+class LabelError(ValueError):
+    pass
+
+
+def parse_labels(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """--label K=V options to a dict; a bad one raises LabelError naming it."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LabelError(f"label {pair!r} is not KEY=VALUE")
+        labels[key.strip()] = value
+    return labels
+
+
+class AgentRegistry:
+    def __init__(self) -> None:
+        self._by_kernel_id: dict[int, Agent] = {}
+        self._next = 1
+
+    def new(self, root_pid: int, labels: dict[str, str] | None = None, agent_id: str | None = None) -> Agent:
+        kernel_id = self._next
+        self._next += 1
+        agent = Agent(agent_id or f"agent-{secrets.token_hex(6)}", kernel_id, root_pid, dict(labels or {}))
+        self._by_kernel_id[kernel_id] = agent
+        return agent
+
+    def by_kernel_id(self, kernel_id: int) -> Agent | None:
+        return self._by_kernel_id.get(kernel_id)
+
+    def __iter__(self):
+        return iter(self._by_kernel_id.values())

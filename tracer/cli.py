@@ -1,0 +1,155 @@
+"""agentwatch command line: click commands that wire the modules together."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import ExitStack
+
+import click
+
+from .agents import LabelError, parse_labels
+from .launcher import GatedChild, LaunchError
+from .output import JsonLinesWriter, TableWriter
+from .probes import ProbeConfig, ProbeError, program_text
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """A user-caused problem: one line on stderr, exit code 2."""
+    click.echo(f"agentwatch: {message}", err=True)
+    sys.exit(USAGE_ERROR)
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_labels(pairs)
+    except LabelError as exc:
+        fail(str(exc))
+
+
+def _writer(stack: ExitStack, fmt: str | None, output: str | None):
+    if output:
+        try:
+            stream = stack.enter_context(open(output, "ab"))
+        except OSError as exc:
+            fail(f"cannot open --output {output}: {exc.strerror}")
+    else:
+        stream = sys.stdout.buffer
+    if fmt is None:
+        fmt = "table" if stream.isatty() else "json"
+    return TableWriter(stream) if fmt == "table" else JsonLinesWriter(stream)
+
+
+def _probes(stack: ExitStack, host_wide: bool, ringbuf_pages: int):
+    from .probes import Probes  # noqa: PLC0415
+
+    try:
+        return stack.enter_context(
+            Probes(ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid()))
+        )
+    except ProbeError as exc:
+        fail(f"{exc} (run `agentwatch doctor` for details)")
+
+
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["json", "table"]), default=None,
+    help="json lines (default when stdout is not a terminal) or a live table.",
+)
+output_option = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Append records to FILE.")
+label_option = click.option("--label", "-l", "labels", multiple=True, metavar="K=V", help="Label the agent (repeatable).")
+ringbuf_option = click.option(
+    "--ringbuf-pages", default=1024, show_default=True, hidden=True,
+    help="Ring buffer size in pages (power of two).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Watch AI agents at the kernel level: every exec and connect of an agent's process tree."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@label_option
+@format_option
+@output_option
+@click.option("--linger", type=float, default=2.0, show_default=True,
+              help="Seconds to keep watching descendants that outlive the root.")
+@ringbuf_option
+@click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
+def run(labels, fmt, output, linger, ringbuf_pages, ebpf, command):
+    """Run COMMAND as an agent and report what its process tree does."""
+    if ebpf:
+        click.echo(program_text())
+        return
+    if not command:
+        fail("run needs a command: agentwatch run [OPTIONS] -- CMD [ARGS]...")
+    if linger < 0:
+        fail("--linger must be >= 0")
+    from .session import Pipeline, StopFlag, run_agent  # noqa: PLC0415
+
+    label_map = _labels(labels)
+    with ExitStack() as stack:
+        writer = _writer(stack, fmt, output)
+        probes = _probes(stack, False, ringbuf_pages)
+        pipeline = Pipeline(probes, writer)
+        pipeline.table.seed_from_proc()
+        stop = StopFlag()
+        child = GatedChild(list(command))
+        try:
+            code = run_agent(pipeline, child, label_map, linger, stop)
+        except LaunchError as exc:
+            pipeline.finish()
+            click.echo(f"agentwatch: {exc}", err=True)
+            code = 127
+        finally:
+            stop.restore()
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--pid", "-p", "pids", type=int, multiple=True, help="Process to watch with its descendants (repeatable).")
+@click.option("--all", "host_wide", is_flag=True, help="Watch every process on the host.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@label_option
+@format_option
+@output_option
+@ringbuf_option
+def watch(pids, host_wide, duration, labels, fmt, output, ringbuf_pages):
+    """Trace existing processes and their descendants, or the whole host."""
+    if not pids and not host_wide:
+        fail("watch needs --pid PID (repeatable) or --all")
+    if duration is not None and duration <= 0:
+        fail("--duration must be > 0")
+    for pid in pids:
+        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+            fail(f"--pid {pid}: no such process")
+    from .session import Pipeline, StopFlag  # noqa: PLC0415
+    from .session import watch as watch_loop  # noqa: PLC0415
+
+    label_map = _labels(labels)
+    with ExitStack() as stack:
+        writer = _writer(stack, fmt, output)
+        probes = _probes(stack, host_wide, ringbuf_pages)
+        pipeline = Pipeline(probes, writer)
+        pipeline.table.seed_from_proc()
+        stop = StopFlag()
+        try:
+            code = watch_loop(pipeline, list(pids), label_map, duration, stop)
+        finally:
+            stop.restore()
+    sys.exit(code)
+
+
+@main.command()
+def doctor():
+    """Check this machine for what agentwatch needs, and say how to fix what is missing."""
+    from .doctor import run_checks  # noqa: PLC0415
+
+    sys.exit(run_checks(sys.stdout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Events, processes and agents to output records (docs/event.schema.json).
+
+This is where kernel bytes become text, so this is where hostile text is
+made safe: see safe_text.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+import time
+
+from . import events
+from .agents import Agent
+from .proctree import Process
+
+SCHEMA_VERSION = 1
+
+# Printable ASCII: the common case, decoded as is.
+_PLAIN = re.compile(rb"[\x20-\x7e]*")
+# Code points a terminal or a log viewer may act on: C0/C1 controls, DEL,
+# line/paragraph separators, bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(raw: bytes) -> str:
+    """Bytes from the kernel as text that is safe to print and to log.
+
+    Valid UTF-8 stays readable and a backslash stays itself (argv is shown
+    as typed); every byte that is not valid UTF-8 becomes \\xNN and every
+    control or direction-changing character becomes \\xNN or \\uNNNN. The
+    result holds no newline, no escape sequence and no character that
+    reorders a line.
+    """
+    if _PLAIN.fullmatch(raw):
+        return raw.decode("ascii")
+    text = raw.decode("utf-8", errors="surrogateescape")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return _UNSAFE.sub(_escape_char, "".join(out))
+
+
+def errno_name(retval: int) -> str:
+    if retval >= 0:
+        return "ok"
+    return errno.errorcode.get(-retval, f"E{-retval}")
+
+
+class Clock:
+    """Kernel CLOCK_MONOTONIC timestamps to RFC 3339 UTC with nanoseconds."""
+
+    def __init__(self) -> None:
+        self.offset_ns = time.time_ns() - time.monotonic_ns()
+        self._second = -1
+        self._prefix = ""
+
+    def rfc3339(self, ktime_ns: int) -> str:
+        wall = ktime_ns + self.offset_ns
+        second, nanos = divmod(wall, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{nanos:09d}Z"
+
+    def now(self) -> str:
+        return self.rfc3339(time.monotonic_ns())
+
+
+def process_json(p: Process) -> dict:
+    return {
+        "pid": p.pid,
+        "ppid": p.ppid,
+        "uid": p.uid,
+        "comm": safe_text(p.comm),
+        "exe": safe_text(p.exe) if p.exe is not None else None,
+        "argv": [safe_text(a) for a in p.argv],
+        "argv_truncated": p.argv_truncated,
+        "key": p.key,
+        "ancestry": [
+            {
+                "pid": a.pid,
+                "comm": safe_text(a.comm),
+                "exe": safe_text(a.exe) if a.exe is not None else None,
+            }
+            for a in p.ancestry()
+        ],
+    }
+
+
+AF_INET, AF_INET6 = 2, 10
+_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 262: "mptcp", 136: "udplite"}
+_SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 5: "seqpacket"}
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def network_json(ev: events.ConnectEvent) -> dict:
+    v4_mapped = ev.family == AF_INET6 and ev.daddr[:12] == _V4_MAPPED
+    if ev.family == AF_INET:
+        daddr, saddr = ev.daddr[:4], ev.saddr[:4]
+    elif v4_mapped:
+        # Report the IPv4 address the packets go to; the flag keeps the form used.
+        daddr, saddr = ev.daddr[12:16], ev.saddr[12:16] if ev.saddr[:12] == _V4_MAPPED else ev.saddr
+    else:
+        daddr, saddr = ev.daddr, ev.saddr
+    protocol = _PROTOCOLS.get(ev.protocol)
+    if protocol is None:
+        protocol = _SOCK_TYPES.get(ev.sock_type, "unknown") if ev.protocol == 0 else str(ev.protocol)
+    return {
+        "family": "ipv4" if ev.family == AF_INET else "ipv6",
+        "protocol": protocol,
+        "saddr": str(ipaddress.ip_address(saddr)) if any(saddr) else None,
+        "sport": ev.sport or None,
+        "daddr": str(ipaddress.ip_address(daddr)),
+        "dport": ev.dport,
+        "v4_mapped": v4_mapped,
+        "result": errno_name(ev.retval),
+        "retval": ev.retval,
+    }
+
+
+def event_record(
+    clock: Clock, ev: events.Event, proc: Process, agent: Agent | None, child: Process | None = None
+) -> dict:
+    rec = {
+        "kind": "event",
+        "type": ev.type,
+        "time": clock.rfc3339(ev.ktime_ns),
+        "agent": agent.as_json() if agent is not None else None,
+        "process": process_json(proc),
+    }
+    if isinstance(ev, events.ExecEvent):
+        rec["exec"] = {
+            "filename": safe_text(ev.filename),
+            "result": errno_name(ev.retval),
+            "retval": ev.retval,
+            "execveat": bool(ev.flags & events.EXEC_EXECVEAT),
+            "filename_truncated": bool(ev.flags & events.EXEC_FILENAME_TRUNCATED),
+            "argv_unavailable": bool(ev.flags & events.EXEC_NO_ARGV),
+        }
+        if ev.retval < 0:
+            # A failed exec leaves the process as it was: show what it tried.
+            rec["exec"]["argv"] = [safe_text(a) for a in ev.argv]
+            rec["exec"]["argv_truncated"] = ev.argv_truncated
+    elif isinstance(ev, events.ExitEvent):
+        rec["exit_code"] = ev.code
+        rec["signal"] = ev.signal or None
+    elif isinstance(ev, events.ForkEvent):
+        rec["child"] = {"pid": ev.child_pid, "key": child.key if child is not None else None}
+    elif isinstance(ev, events.ConnectEvent):
+        rec["network"] = network_json(ev)
+    return rec
+
+
+def lost_record(clock: Clock, lost: dict[str, int], total: dict[str, int]) -> dict:
+    """Events the kernel could not hand over (ring buffer full), per type."""
+    return {
+        "kind": "event",
+        "type": "lost",
+        "time": clock.now(),
+        "agent": None,
+        "process": None,
+        "lost": lost,
+        "lost_total": total,
+    }
+
+
+def status_record(clock: Clock, status: str, agent: Agent | None, **fields) -> dict:
+    rec = {"kind": "status", "status": status, "time": clock.now(), "agent": agent.as_json() if agent else None}
+    rec.update(fields)
+    return rec

@@ -1,0 +1,185 @@
+"""A tracing session: kernel records in, attributed records out.
+
+Pipeline turns each raw record into an output record (decode, process
+table, agent); run_agent and watch drive it for the two CLI commands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from . import events
+from .agents import Agent, AgentRegistry
+from .launcher import GatedChild
+from .output import Writer
+from .probes import Probes
+from .proctree import ProcessTable, read_stat, start_ticks_from_ns
+from .records import Clock, event_record, lost_record, status_record
+
+LOST_CHECK_SECONDS = 1.0
+
+
+@dataclass
+class Pipeline:
+    probes: Probes
+    writer: Writer
+    agents: AgentRegistry = field(default_factory=AgentRegistry)
+    table: ProcessTable = field(default_factory=ProcessTable)
+    clock: Clock = field(default_factory=Clock)
+    received: int = 0
+    _lost_seen: dict[str, int] = field(default_factory=dict)
+    _lost_checked: float = 0.0
+
+    def handle(self, raw: bytes) -> None:
+        ev = events.decode(raw)
+        self.received += 1
+        proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
+        if ev.agent_id:
+            proc.agent_id = ev.agent_id
+        agent = self.agents.by_kernel_id(ev.agent_id)
+        child = None
+        if isinstance(ev, events.ForkEvent):
+            child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
+        elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
+            argv = ev.argv if not ev.flags & events.EXEC_NO_ARGV else proc.argv
+            self.table.exec(proc, ev.comm, ev.filename, argv, ev.argv_truncated)
+        self.writer.write(event_record(self.clock, ev, proc, agent, child))
+        if isinstance(ev, events.ExitEvent):
+            self.table.exit(proc)
+
+    def drain(self, timeout_ms: int = 100) -> int:
+        batch = self.probes.poll(timeout_ms)
+        for raw in batch:
+            self.handle(raw)
+        now = time.monotonic()
+        if now - self._lost_checked >= LOST_CHECK_SECONDS:
+            self.report_lost()
+            self._lost_checked = now
+        if batch:
+            self.writer.flush()
+        return len(batch)
+
+    def report_lost(self) -> None:
+        """A lost event for whatever the kernel failed to hand over since the last check."""
+        total = self.probes.lost_counts()
+        delta = {k: v - self._lost_seen.get(k, 0) for k, v in total.items()}
+        if any(delta.values()):
+            self.writer.write(lost_record(self.clock, delta, total))
+            self.writer.flush()
+        self._lost_seen = total
+
+    def finish(self) -> None:
+        while self.drain(0):
+            pass
+        self.report_lost()
+        self.writer.flush()
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the poll loop checks it at least every 100 ms."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._set)
+
+    def _set(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _wait_status_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def run_agent(
+    pipeline: Pipeline, child: GatedChild, labels: dict[str, str], linger: float, stop: StopFlag
+) -> int:
+    """Watch the gated child as an agent; return its exit code once its tree is gone."""
+    agent = pipeline.agents.new(child.pid, labels)
+    st = read_stat(child.pid)
+    root = pipeline.table.lookup(child.pid, st.start_ticks if st else 0, os.getpid())
+    root.agent_id = agent.kernel_id
+    pipeline.probes.watch(child.pid, agent.kernel_id)
+    pipeline.writer.write(status_record(pipeline.clock, "agent_started", agent, argv=child.argv))
+    child.release()
+
+    exit_code: int | None = None
+    root_gone_at = 0.0
+    reported_survivors = False
+    while not stop:
+        pipeline.drain(100)
+        if exit_code is None:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            exit_code = _wait_status_code(status)
+            root_gone_at = time.monotonic()
+            pipeline.drain(0)
+        survivors = pipeline.probes.members(agent.kernel_id)
+        if not survivors:
+            break
+        if not reported_survivors:
+            reported_survivors = True
+            _report_survivors(pipeline, agent, "root_exited", survivors, linger=linger)
+        if time.monotonic() - root_gone_at >= linger:
+            _report_survivors(pipeline, agent, "linger_expired", survivors)
+            break
+    pipeline.finish()
+    if exit_code is None:  # stopped by a signal before the agent ended
+        return 128 + (stop.signal or signal.SIGTERM)
+    pipeline.writer.write(status_record(pipeline.clock, "agent_finished", agent, exit_code=exit_code))
+    pipeline.writer.flush()
+    return exit_code
+
+
+def _report_survivors(pipeline: Pipeline, agent: Agent, status: str, pids: list[int], **extra) -> None:
+    survivors = []
+    for pid in sorted(pids):
+        p = pipeline.table.get(pid)
+        survivors.append({"pid": pid, "key": p.key if p else None, "comm": p and p.comm.decode(errors="replace")})
+    pipeline.writer.write(status_record(pipeline.clock, status, agent, survivors=survivors, **extra))
+    pipeline.writer.flush()
+
+
+def watch(
+    pipeline: Pipeline, pids: list[int], labels: dict[str, str], duration: float | None, stop: StopFlag
+) -> int:
+    """Trace existing processes and their descendants (or the host) until stopped."""
+    if pids:
+        agent = pipeline.agents.new(pids[0], labels)
+        members = []
+        for pid in pids:
+            pipeline.probes.watch(pid, agent.kernel_id)
+            members.append(pid)
+        # Descendants that exist already; later forks are inherited in the kernel.
+        for pid in pids:
+            for p in pipeline.table.descendants(pid):
+                pipeline.probes.watch(p.pid, agent.kernel_id)
+                members.append(p.pid)
+        for pid in members:
+            p = pipeline.table.get(pid)
+            if p is not None:
+                p.agent_id = agent.kernel_id
+        pipeline.writer.write(status_record(pipeline.clock, "watching", agent, pids=sorted(members)))
+    else:
+        pipeline.writer.write(status_record(pipeline.clock, "watching", None, host_wide=True))
+    deadline = time.monotonic() + duration if duration else None
+    while not stop:
+        pipeline.drain(100)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    pipeline.finish()
+    return 0
