@@ -19,10 +19,13 @@
 #define AW_FILENAME_LEN 256
 
 /*
- * argv is packed NUL-separated into AW_ARGV_BYTES bytes, at most
- * AW_ARGV_MAX_ARGS arguments. Past either cap the event carries
- * AW_EXEC_ARGV_TRUNCATED. The buffer holds twice the cap so that the
- * verifier can bound a string read that starts anywhere below the cap.
+ * argv is packed NUL-separated, as the kernel lays it out, into at most
+ * AW_ARGV_BYTES bytes; past the cap the event carries
+ * AW_EXEC_ARGV_TRUNCATED and the last argument is cut. A successful exec
+ * copies the new image's argument area whole; a failed one reads the
+ * caller's argv one string at a time, at most AW_ARGV_MAX_ARGS of them.
+ * The buffer holds twice the cap so that the verifier can bound a string
+ * read that starts anywhere below the cap.
  */
 #define AW_ARGV_BYTES 8192
 #define AW_ARGV_MAX_ARGS 128
@@ -39,15 +42,14 @@
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
 #define AW_EXEC_FILENAME_TRUNCATED 2u
 #define AW_EXEC_EXECVEAT 4u          /* came in through execveat(2) */
-#define AW_EXEC_NO_ARGV 8u           /* exec began before we watched it */
-#define AW_EXEC_ARGV_FAULT 16u       /* an argv pointer could not be read */
+#define AW_EXEC_ARGV_FAULT 8u        /* argv memory could not be read */
 
 /* aw_connect.flags */
 #define AW_CONNECT_NO_SOCKET 1u      /* fd did not resolve to a socket */
 
 /* Counters in aw_stats (per CPU), besides the per-type lost counters. */
 #define AW_STAT_THREADS 0            /* thread creations seen (not emitted) */
-#define AW_STAT_EXEC_STASH_FULL 1    /* execve args not kept: stash map full */
+#define AW_STAT_EXEC_PENDING_FULL 1  /* an exec not followed: pending map full */
 #define AW_STAT_WATCH_FULL 2         /* child not inherited: watch map full */
 #define AW_STATS 3
 
@@ -77,6 +79,7 @@ struct aw_fork {
 /*
  * An exec, successful or failed. Emitted with only the used part of
  * argv: size = offsetof(struct aw_exec, argv) + argv_size.
+ * argc counts the strings read one by one (failed execs only).
  */
 struct aw_exec {
 	struct aw_header hdr;

@@ -2,13 +2,18 @@
 /* Process lifecycle: fork (processes only), exec (with argv), exit. */
 
 /*
- * execve arguments are read at syscall entry (the old image's memory is
- * gone afterwards) and kept here by tid until the exec is decided:
- * sched_process_exec emits successes, sys_exit_execve* emits failures.
- * Not preallocated: entries live microseconds, and 4096 preallocated
- * 16 KiB values would pin 64 MiB.
+ * An exec in flight, by tid: what sys_enter_execve* was asked, kept until
+ * the exec is decided. A success is reported from sched_process_exec with
+ * argv read from the new image (mm->arg_start..arg_end, which the kernel
+ * has just written, so it is resident); a failure from sys_exit_execve*,
+ * reading the caller's argv pointers, which are still there.
  */
-BPF_F_TABLE("hash", u32, struct aw_exec, aw_exec_stash, 4096, BPF_F_NO_PREALLOC);
+struct aw_exec_pending {
+	const char *filename;
+	const char *const *argv;
+	u32 flags;
+};
+BPF_HASH(aw_exec_pending, u32, struct aw_exec_pending, 16384);
 BPF_PERCPU_ARRAY(aw_exec_scratch, struct aw_exec, 1);
 
 RAW_TRACEPOINT_PROBE(sched_process_fork)
@@ -48,77 +53,14 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 static __always_inline int aw_exec_enter(const char *filename, const char *const *argv, u32 flags)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid, agent, zero = 0;
+	u32 tid = (u32)pid_tgid, agent;
 
 	if (!aw_agent_of(pid_tgid >> 32, &agent))
 		return 0;
-	struct aw_exec *e = aw_exec_scratch.lookup(&zero);
-	if (!e)
-		return 0;
-	e->retval = 0;
-	e->flags = flags;
-	e->argc = 0;
-	e->argv_size = 0;
-	int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-	if (n < 0)
-		e->filename[0] = 0;
-	else if (n == sizeof(e->filename))
-		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
-
-	u32 off = 0;
-	int i;
-	for (i = 0; i < AW_ARGV_MAX_ARGS; i++) {
-		const char *arg = NULL;
-		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
-			e->flags |= AW_EXEC_ARGV_FAULT;
-			goto stash;
-		}
-		if (!arg)
-			goto stash;
-		if (off >= AW_ARGV_BYTES) {
-			e->flags |= AW_EXEC_ARGV_TRUNCATED;
-			goto stash;
-		}
-		/*
-		 * A constant size the verifier can bound: the read may run past
-		 * the cap into the second half of the buffer, and is then cut.
-		 */
-		int len = bpf_probe_read_user_str(&e->argv[off & (AW_ARGV_BYTES - 1)],
-						  AW_ARGV_BYTES, arg);
-		if (len <= 0) {
-			e->flags |= AW_EXEC_ARGV_FAULT;
-			goto stash;
-		}
-		e->argc++;
-		if (off + len > AW_ARGV_BYTES) {
-			off = AW_ARGV_BYTES;
-			e->argv[AW_ARGV_BYTES - 1] = 0;
-			e->flags |= AW_EXEC_ARGV_TRUNCATED;
-			goto stash;
-		}
-		off += len;
-	}
-	{
-		const char *more = NULL;
-		bpf_probe_read_user(&more, sizeof(more), &argv[AW_ARGV_MAX_ARGS]);
-		if (more)
-			e->flags |= AW_EXEC_ARGV_TRUNCATED;
-	}
-stash:
-	e->argv_size = off;
-	if (aw_exec_stash.update(&tid, e))
-		aw_stats.increment(AW_STAT_EXEC_STASH_FULL);
+	struct aw_exec_pending p = {.filename = filename, .argv = argv, .flags = flags};
+	if (aw_exec_pending.update(&tid, &p))
+		aw_stats.increment(AW_STAT_EXEC_PENDING_FULL);
 	return 0;
-}
-
-static __always_inline void aw_exec_emit(struct aw_exec *e, u32 agent)
-{
-	aw_fill_header(&e->hdr, AW_EVENT_EXEC, agent);
-	/* Only the used part of argv; the mask lets the verifier bound the length. */
-	u32 size = offsetof(struct aw_exec, argv) + (e->argv_size & (AW_ARGV_BUF - 1));
-	e->hdr.size = size;
-	if (aw_events.ringbuf_output(e, size, 0))
-		aw_lost.increment(AW_EVENT_EXEC);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
@@ -131,49 +73,131 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 	return aw_exec_enter(args->filename, args->argv, AW_EXEC_EXECVEAT);
 }
 
+static __always_inline struct aw_exec *aw_exec_start(u32 flags)
+{
+	u32 zero = 0;
+	struct aw_exec *e = aw_exec_scratch.lookup(&zero);
+	if (!e)
+		return NULL;
+	e->retval = 0;
+	e->flags = flags;
+	e->argc = 0;
+	e->argv_size = 0;
+	e->filename[0] = 0;
+	return e;
+}
+
+static __always_inline void aw_exec_emit(struct aw_exec *e, u32 agent)
+{
+	aw_fill_header(&e->hdr, AW_EVENT_EXEC, agent);
+	/* Only the used part of argv; the mask lets the verifier bound the length. */
+	u32 size = offsetof(struct aw_exec, argv) + (e->argv_size & (AW_ARGV_BUF - 1));
+	e->hdr.size = size;
+	if (aw_events.ringbuf_output(e, size, 0))
+		aw_lost.increment(AW_EVENT_EXEC);
+}
+
 /* A successful exec: current is the new image; old_pid is the tid that called execve. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-	u32 agent, zero = 0, old_tid = args->old_pid;
+	u32 agent, old_tid = args->old_pid;
 
 	if (!aw_agent_of(bpf_get_current_pid_tgid() >> 32, &agent))
 		return 0;
-	struct aw_exec *e = aw_exec_stash.lookup(&old_tid);
-	int stashed = e != NULL;
-	if (!e) {
-		e = aw_exec_scratch.lookup(&zero);
-		if (!e)
-			return 0;
-		e->flags = AW_EXEC_NO_ARGV;
-		e->argc = 0;
-		e->argv_size = 0;
-	}
-	e->retval = 0;
+	struct aw_exec_pending *p = aw_exec_pending.lookup(&old_tid);
+	struct aw_exec *e = aw_exec_start(p ? p->flags : 0);
+	if (p)
+		aw_exec_pending.delete(&old_tid);
+	if (!e)
+		return 0;
+
 	/* The kernel's path (bprm->filename), which may differ from the one asked for. */
 	unsigned short loc = args->data_loc_filename & 0xFFFF;
-	e->flags &= ~AW_EXEC_FILENAME_TRUNCATED;
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + loc) ==
 	    sizeof(e->filename))
 		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
+
+	void *mm = aw_read_ptr((void *)bpf_get_current_task(), OFF_TASK_STRUCT_MM);
+	u64 start = 0, end = 0;
+	bpf_probe_read_kernel(&start, sizeof(start), (char *)mm + OFF_MM_STRUCT_ARG_START);
+	bpf_probe_read_kernel(&end, sizeof(end), (char *)mm + OFF_MM_STRUCT_ARG_END);
+	u64 len = end > start ? end - start : 0;
+	if (len > AW_ARGV_BYTES) {
+		len = AW_ARGV_BYTES;
+		e->flags |= AW_EXEC_ARGV_TRUNCATED;
+	}
+	len &= AW_ARGV_BUF - 1;
+	if (len && bpf_probe_read_user(e->argv, len, (void *)start) == 0)
+		e->argv_size = len;
+	else if (len)
+		e->flags |= AW_EXEC_ARGV_FAULT;
 	aw_exec_emit(e, agent);
-	if (stashed)
-		aw_exec_stash.delete(&old_tid);
 	return 0;
 }
 
-/* Reached with a stash entry only when the exec failed (success consumed it). */
+/* Reached with a pending entry only when the exec failed (success consumed it). */
 static __always_inline int aw_exec_failed(long ret)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid, agent;
 
-	struct aw_exec *e = aw_exec_stash.lookup(&tid);
+	struct aw_exec_pending *p = aw_exec_pending.lookup(&tid);
+	if (!p)
+		return 0;
+	const char *filename = p->filename;
+	const char *const *argv = p->argv;
+	struct aw_exec *e = aw_exec_start(p->flags);
+	aw_exec_pending.delete(&tid);
 	if (!e)
 		return 0;
 	aw_agent_of(pid_tgid >> 32, &agent);
 	e->retval = ret;
+	int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+	if (n == sizeof(e->filename))
+		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
+
+	/* The caller's argv, one string at a time; pages never touched read as faults. */
+	u32 off = 0;
+	int i;
+	for (i = 0; i < AW_ARGV_MAX_ARGS; i++) {
+		const char *arg = NULL;
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
+			e->flags |= AW_EXEC_ARGV_FAULT;
+			goto emit;
+		}
+		if (!arg)
+			goto emit;
+		if (off >= AW_ARGV_BYTES) {
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+			goto emit;
+		}
+		/*
+		 * A constant size the verifier can bound: the read may run past
+		 * the cap into the second half of the buffer, and is then cut.
+		 */
+		int len = bpf_probe_read_user_str(&e->argv[off & (AW_ARGV_BYTES - 1)],
+						  AW_ARGV_BYTES, arg);
+		if (len <= 0) {
+			e->flags |= AW_EXEC_ARGV_FAULT;
+			goto emit;
+		}
+		e->argc++;
+		if (off + len > AW_ARGV_BYTES) {
+			off = AW_ARGV_BYTES;
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+			goto emit;
+		}
+		off += len;
+	}
+	{
+		const char *more = NULL;
+		bpf_probe_read_user(&more, sizeof(more), &argv[AW_ARGV_MAX_ARGS]);
+		if (more)
+			e->flags |= AW_EXEC_ARGV_TRUNCATED;
+	}
+emit:
+	e->argv_size = off;
 	aw_exec_emit(e, agent);
-	aw_exec_stash.delete(&tid);
 	return 0;
 }
 

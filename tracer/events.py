@@ -54,17 +54,16 @@ EVENT_NAMES = {EVENT_FORK: "fork", EVENT_EXEC: "exec", EVENT_EXIT: "exit", EVENT
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
 EXEC_FILENAME_TRUNCATED = _D["AW_EXEC_FILENAME_TRUNCATED"]
 EXEC_EXECVEAT = _D["AW_EXEC_EXECVEAT"]
-EXEC_NO_ARGV = _D["AW_EXEC_NO_ARGV"]
 EXEC_ARGV_FAULT = _D["AW_EXEC_ARGV_FAULT"]
 CONNECT_NO_SOCKET = _D["AW_CONNECT_NO_SOCKET"]
 
 STAT_THREADS = _D["AW_STAT_THREADS"]
-STAT_EXEC_STASH_FULL = _D["AW_STAT_EXEC_STASH_FULL"]
+STAT_EXEC_PENDING_FULL = _D["AW_STAT_EXEC_PENDING_FULL"]
 STAT_WATCH_FULL = _D["AW_STAT_WATCH_FULL"]
 STATS = _D["AW_STATS"]
 STAT_NAMES = {
     STAT_THREADS: "threads_created",
-    STAT_EXEC_STASH_FULL: "exec_argv_dropped",
+    STAT_EXEC_PENDING_FULL: "exec_pending_full",
     STAT_WATCH_FULL: "membership_full",
 }
 
@@ -235,10 +234,10 @@ def decode(raw: bytes) -> Event:
             raise DecodeError(f"exec record of {len(raw)} bytes")
         e = _RawExecHead.from_buffer_copy(raw)
         blob = raw[EXEC_FIXED_SIZE : EXEC_FIXED_SIZE + e.argv_size]
-        argv = blob.split(b"\0")
+        argv = blob.split(b"\0") if blob else []
         if argv and argv[-1] == b"":
             argv.pop()
-        return ExecEvent(*_common(e.hdr), e.retval, e.flags, e.filename, argv[: e.argc])
+        return ExecEvent(*_common(e.hdr), e.retval, e.flags, e.filename, argv)
     cls = {EVENT_FORK: RawFork, EVENT_EXIT: RawExit, EVENT_CONNECT: RawConnect}.get(kind)
     if cls is None:
         raise DecodeError(f"unknown record type {kind}")

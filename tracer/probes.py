@@ -28,6 +28,9 @@ KERNEL_FIELDS = [
     ("task_struct", "start_boottime"),
     ("task_struct", "exit_code"),
     ("task_struct", "files"),
+    ("task_struct", "mm"),
+    ("mm_struct", "arg_start"),
+    ("mm_struct", "arg_end"),
     ("files_struct", "fdt"),
     ("fdtable", "fd"),
     ("fdtable", "max_fds"),
@@ -159,14 +162,14 @@ class Probes:
         )
         started = time.monotonic()
         try:
-            self._bpf = BPF(text=program_text(), cflags=self.cflags)
+            self._bpf = BPF(text=program_text().encode(), cflags=self.cflags)
         except Exception as exc:  # BCC raises bare Exception for compile and load errors
             raise ProbeError(f"cannot load the BPF programs: {exc}") from None
         self.armed_seconds = time.monotonic() - started
         self._batch: list[bytes] = []
-        self._watched = self._bpf["aw_watched"]
-        self._lost = self._bpf["aw_lost"]
-        self._stats = self._bpf["aw_stats"]
+        self._watched = self._bpf[b"aw_watched"]
+        self._lost = self._bpf[b"aw_lost"]
+        self._stats = self._bpf[b"aw_stats"]
         batch = self._batch
 
         def on_record(_ctx, data, size):
@@ -176,7 +179,7 @@ class Probes:
             return 0
 
         self._on_record = on_record  # keep a reference: BCC holds only a C pointer
-        self._bpf["aw_events"].open_ring_buffer(on_record)
+        self._bpf[b"aw_events"].open_ring_buffer(on_record)
 
     def poll(self, timeout_ms: int = 100) -> list[bytes]:
         """Records that arrived, waiting at most timeout_ms for the first."""

@@ -146,7 +146,7 @@ def event_record(
             "retval": ev.retval,
             "execveat": bool(ev.flags & events.EXEC_EXECVEAT),
             "filename_truncated": bool(ev.flags & events.EXEC_FILENAME_TRUNCATED),
-            "argv_unavailable": bool(ev.flags & events.EXEC_NO_ARGV),
+            "argv_unreadable": bool(ev.flags & events.EXEC_ARGV_FAULT),
         }
         if ev.retval < 0:
             # A failed exec leaves the process as it was: show what it tried.

@@ -37,6 +37,7 @@ class Pipeline:
         ev = events.decode(raw)
         self.received += 1
         proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
+        proc.comm = ev.comm  # current name: prctl(PR_SET_NAME) can change it at any time
         if ev.agent_id:
             proc.agent_id = ev.agent_id
         agent = self.agents.by_kernel_id(ev.agent_id)
@@ -44,8 +45,7 @@ class Pipeline:
         if isinstance(ev, events.ForkEvent):
             child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
         elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
-            argv = ev.argv if not ev.flags & events.EXEC_NO_ARGV else proc.argv
-            self.table.exec(proc, ev.comm, ev.filename, argv, ev.argv_truncated)
+            self.table.exec(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
         self.writer.write(event_record(self.clock, ev, proc, agent, child))
         if isinstance(ev, events.ExitEvent):
             self.table.exit(proc)
