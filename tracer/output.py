@@ -95,3 +95,16 @@ class TableWriter:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+class MemoryWriter:
+    """Keeps records in a list: for tests, and for callers that post-process."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        pass

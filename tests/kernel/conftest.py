@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tracer.launcher import GatedChild
+from tracer.output import MemoryWriter
 from tracer.probes import ProbeConfig, ProbeError, Probes, tracefs
 from tracer.session import Pipeline, StopFlag, run_agent
 
@@ -43,17 +44,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.root)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
-
-
-class ListWriter:
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-
-    def flush(self) -> None:
-        pass
 
 
 @dataclass
@@ -85,7 +75,7 @@ def trace(probes):
     """trace(argv, linger=...) -> Trace of one agent run through the real kernel."""
 
     def run(argv: list, linger: float = 2.0, labels: dict | None = None) -> Trace:
-        writer = ListWriter()
+        writer = MemoryWriter()
         pipeline = Pipeline(probes, writer)
         pipeline.table.seed_from_proc()
         stop = StopFlag()
