@@ -17,7 +17,7 @@ from .launcher import GatedChild
 from .output import Writer
 from .probes import Probes
 from .proctree import ProcessTable, read_stat, start_ticks_from_ns
-from .records import Clock, event_record, lost_record, status_record
+from .records import Clock, event_record, lost_record, safe_text, status_record
 
 LOST_CHECK_SECONDS = 1.0
 
@@ -113,7 +113,8 @@ def run_agent(
     root = pipeline.table.lookup(child.pid, st.start_ticks if st else 0, os.getpid())
     root.agent_id = agent.kernel_id
     pipeline.probes.watch(child.pid, agent.kernel_id)
-    pipeline.writer.write(status_record(pipeline.clock, "agent_started", agent, argv=child.argv))
+    argv = [safe_text(os.fsencode(a)) for a in child.argv]
+    pipeline.writer.write(status_record(pipeline.clock, "agent_started", agent, argv=argv))
     child.release()
 
     exit_code: int | None = None
@@ -149,7 +150,7 @@ def _report_survivors(pipeline: Pipeline, agent: Agent, status: str, pids: list[
     survivors = []
     for pid in sorted(pids):
         p = pipeline.table.get(pid)
-        survivors.append({"pid": pid, "key": p.key if p else None, "comm": p and p.comm.decode(errors="replace")})
+        survivors.append({"pid": pid, "key": p.key if p else None, "comm": safe_text(p.comm) if p else None})
     pipeline.writer.write(status_record(pipeline.clock, status, agent, survivors=survivors, **extra))
     pipeline.writer.flush()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+
+import jsonschema
 
 from tracer.launcher import GatedChild
 from tracer.output import MemoryWriter
@@ -34,3 +38,5 @@ def test_tiny_ring_buffer_produces_lost_event_with_the_right_count(progs):
         assert got + counts[kind] == want, (kind, got, counts)
     assert counts["connect"] == 0
     assert lost[0]["lost_total"] == counts
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "event.schema.json").read_text())
+    jsonschema.validate(lost[0], schema)
