@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,18 +211,45 @@ class ConnectEvent(Event):
     daddr: bytes
 
 
-def _common(h: RawHeader) -> tuple:
-    return (
-        EVENT_NAMES.get(h.type, str(h.type)),
-        h.ktime_ns,
-        h.start_ns,
-        h.pid,
-        h.tid,
-        h.ppid,
-        h.uid,
-        h.agent_id,
-        h.comm,
-    )
+def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
+    """A struct.Struct with the ctypes class's layout, `_pad` fields skipped.
+
+    Decoding with struct is several times faster than ctypes, and deriving
+    the format from the mirror keeps the layout in one place.
+    """
+    codes = {ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q", ct.c_int32: "i"}
+    fmt, pos = ["<"], 0
+
+    def walk(c: type[ct.Structure], base: int) -> None:
+        nonlocal pos
+        for name, ctype in c._fields_:
+            off, size = base + getattr(c, name).offset, ct.sizeof(ctype)
+            if isinstance(ctype, type) and issubclass(ctype, ct.Structure):
+                walk(ctype, off)
+                continue
+            fmt.append("x" * (off - pos))
+            if name.startswith("_pad"):
+                fmt.append(f"{size}x")
+            elif ctype in codes:
+                fmt.append(codes[ctype])
+            else:  # char and byte arrays
+                fmt.append(f"{size}s")
+            pos = off + size
+
+    walk(cls, 0)
+    fmt.append("x" * (ct.sizeof(cls) - pos))
+    return struct.Struct("".join(fmt))
+
+
+_FORK = _struct_of(RawFork)
+_EXEC_HEAD = _struct_of(_RawExecHead)
+_EXIT = _struct_of(RawExit)
+_CONNECT = _struct_of(RawConnect)
+_HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
+
+
+def _cstr(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
 
 
 def decode(raw: bytes) -> Event:
@@ -229,35 +257,23 @@ def decode(raw: bytes) -> Event:
     if len(raw) < HEADER_SIZE:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than the header")
     kind = int.from_bytes(raw[:4], "little")
+    layout = {EVENT_FORK: _FORK, EVENT_EXEC: _EXEC_HEAD, EVENT_EXIT: _EXIT, EVENT_CONNECT: _CONNECT}.get(kind)
+    if layout is None:
+        raise DecodeError(f"unknown record type {kind}")
+    if len(raw) < layout.size:
+        raise DecodeError(f"{EVENT_NAMES[kind]} record of {len(raw)} bytes, want at least {layout.size}")
+    v = layout.unpack_from(raw)
+    head = (EVENT_NAMES[kind], v[2], v[3], v[4], v[5], v[6], v[7], v[8], _cstr(v[9]))
+    rest = v[_HEADER_FIELDS + 1 :]
+    if kind == EVENT_CONNECT:
+        return ConnectEvent(*head, *rest)
     if kind == EVENT_EXEC:
-        if len(raw) < EXEC_FIXED_SIZE:
-            raise DecodeError(f"exec record of {len(raw)} bytes")
-        e = _RawExecHead.from_buffer_copy(raw)
-        blob = raw[EXEC_FIXED_SIZE : EXEC_FIXED_SIZE + e.argv_size]
+        retval, flags, _argc, argv_size, filename = rest
+        blob = raw[EXEC_FIXED_SIZE : EXEC_FIXED_SIZE + argv_size]
         argv = blob.split(b"\0") if blob else []
         if argv and argv[-1] == b"":
             argv.pop()
-        return ExecEvent(*_common(e.hdr), e.retval, e.flags, e.filename, argv)
-    cls = {EVENT_FORK: RawFork, EVENT_EXIT: RawExit, EVENT_CONNECT: RawConnect}.get(kind)
-    if cls is None:
-        raise DecodeError(f"unknown record type {kind}")
-    if len(raw) < ct.sizeof(cls):
-        raise DecodeError(f"{EVENT_NAMES[kind]} record of {len(raw)} bytes, want {ct.sizeof(cls)}")
-    r = cls.from_buffer_copy(raw)
+        return ExecEvent(*head, retval, flags, _cstr(filename), argv)
     if kind == EVENT_FORK:
-        return ForkEvent(*_common(r.hdr), r.child_pid, r.child_agent_id, r.child_start_ns)
-    if kind == EVENT_EXIT:
-        return ExitEvent(*_common(r.hdr), r.exit_code)
-    return ConnectEvent(
-        *_common(r.hdr),
-        r.retval,
-        r.fd,
-        r.family,
-        r.protocol,
-        r.sock_type,
-        r.flags,
-        r.sport,
-        r.dport,
-        bytes(r.saddr),
-        bytes(r.daddr),
-    )
+        return ForkEvent(*head, *rest)
+    return ExitEvent(*head, *rest)

@@ -28,7 +28,8 @@ class JsonLinesWriter:
         self.stream.flush()
 
 
-COLUMNS = [("TIME", 12), ("AGENT", 18), ("PID", 7), ("PPID", 7), ("COMM", 16), ("TYPE", 7), ("DETAIL", 0)]
+# Widths hold the longest value plus a space: HH:MM:SS.mmm, agent-<12 hex>, 7-digit pids, comm (15).
+COLUMNS = [("TIME", 13), ("AGENT", 19), ("PID", 8), ("PPID", 8), ("COMM", 16), ("TYPE", 8), ("DETAIL", 0)]
 
 
 def _detail(rec: dict) -> str:
@@ -75,7 +76,8 @@ class TableWriter:
         for (_, width), cell in zip(COLUMNS, cells):
             cell = str(cell)
             if width:
-                cell = cell[: width - 1].ljust(width) if len(cell) >= width else cell.ljust(width)
+                # A longer value (a user-chosen agent id) is cut, keeping one space.
+                cell = cell[: width - 1].ljust(width)
             parts.append(cell)
         return "".join(parts).rstrip()
 

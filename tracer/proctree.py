@@ -38,6 +38,7 @@ class Process:
     parent: Process | None = None
     agent_id: int = 0  # kernel agent id; 0 = in no agent
     alive: bool = True
+    json_cache: dict | None = None  # records.process_json; cleared when the process changes
 
     @property
     def key(self) -> str:
@@ -159,6 +160,13 @@ class ProcessTable:
 
     def exec(self, p: Process, comm: bytes, exe: bytes, argv: list[bytes], truncated: bool) -> None:
         p.comm, p.exe, p.argv, p.argv_truncated = comm, exe, argv, truncated
+        p.json_cache = None
+
+    def rename(self, p: Process, comm: bytes) -> None:
+        """comm as the kernel reports it now (prctl(PR_SET_NAME) can change it)."""
+        if p.comm != comm:
+            p.comm = comm
+            p.json_cache = None
 
     def exit(self, p: Process) -> None:
         p.alive = False

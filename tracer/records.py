@@ -7,8 +7,8 @@ made safe: see safe_text.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import re
+import socket
 import time
 
 from . import events
@@ -78,7 +78,10 @@ class Clock:
 
 
 def process_json(p: Process) -> dict:
-    return {
+    """The process as a record field; cached until the process execs or renames."""
+    if p.json_cache is not None:
+        return p.json_cache
+    p.json_cache = {
         "pid": p.pid,
         "ppid": p.ppid,
         "uid": p.uid,
@@ -96,12 +99,17 @@ def process_json(p: Process) -> dict:
             for a in p.ancestry()
         ],
     }
+    return p.json_cache
 
 
 AF_INET, AF_INET6 = 2, 10
 _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 262: "mptcp", 136: "udplite"}
 _SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 5: "seqpacket"}
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _ntop(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
 
 
 def network_json(ev: events.ConnectEvent) -> dict:
@@ -119,9 +127,9 @@ def network_json(ev: events.ConnectEvent) -> dict:
     return {
         "family": "ipv4" if ev.family == AF_INET else "ipv6",
         "protocol": protocol,
-        "saddr": str(ipaddress.ip_address(saddr)) if any(saddr) else None,
+        "saddr": _ntop(saddr) if any(saddr) else None,
         "sport": ev.sport or None,
-        "daddr": str(ipaddress.ip_address(daddr)),
+        "daddr": _ntop(daddr),
         "dport": ev.dport,
         "v4_mapped": v4_mapped,
         "result": errno_name(ev.retval),

@@ -37,7 +37,7 @@ class Pipeline:
         ev = events.decode(raw)
         self.received += 1
         proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
-        proc.comm = ev.comm  # current name: prctl(PR_SET_NAME) can change it at any time
+        self.table.rename(proc, ev.comm)
         if ev.agent_id:
             proc.agent_id = ev.agent_id
         agent = self.agents.by_kernel_id(ev.agent_id)
@@ -140,6 +140,8 @@ def run_agent(
             break
     pipeline.finish()
     if exit_code is None:  # stopped by a signal before the agent ended
+        survivors = pipeline.probes.members(agent.kernel_id)
+        _report_survivors(pipeline, agent, "stopped", survivors, signal=stop.signal)
         return 128 + (stop.signal or signal.SIGTERM)
     pipeline.writer.write(status_record(pipeline.clock, "agent_finished", agent, exit_code=exit_code))
     pipeline.writer.flush()
