@@ -17,33 +17,10 @@ import pytest
 
 from tracer.launcher import GatedChild
 from tracer.output import MemoryWriter
-from tracer.probes import ProbeConfig, ProbeError, Probes, tracefs
+from tracer.probes import ProbeConfig, ProbeError, Probes
 from tracer.session import Pipeline, StopFlag, run_agent
 
 PROGS = Path(__file__).parent / "progs"
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "kernel tests need root (run `make test` as root)"
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    if tracefs() is None:
-        return "tracefs not mounted (run `make setup`)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc Python module missing (run `make setup`)"
-    return None
-
-
-def pytest_collection_modifyitems(config, items):
-    reason = _why_not()
-    for item in items:
-        if "tests/kernel" in str(item.fspath) or "tests/scenarios" in str(item.fspath):
-            item.add_marker(pytest.mark.root)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @dataclass
