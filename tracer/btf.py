@@ -126,6 +126,25 @@ _VLEN_WORDS = (
 )
 _NUM_KINDS = len(_FIXED_WORDS)
 
+
+def _step_tables():
+    """Byte-step tables indexed by the high byte of btf_type.info."""
+    fixed: list = [None] * 256
+    per_vlen = [0] * 256
+    su = [False] * 256
+    for kind in range(1, _NUM_KINDS):
+        for flag in (0, 0x80):  # kind_flag; bits 5-6 must be zero
+            fixed[kind | flag] = 4 * (3 + _FIXED_WORDS[kind])
+            per_vlen[kind | flag] = 4 * _VLEN_WORDS[kind]
+            su[kind | flag] = kind in (4, 5)
+    return tuple(fixed), tuple(per_vlen), tuple(su)
+
+
+_STEP_FIXED, _STEP_VLEN, _IS_STRUCT_OR_UNION = _step_tables()
+_NAME_SIZE = struct.Struct("<I4xI")   # btf_type.name_off, .size
+_TYPE = struct.Struct("<III")         # btf_type / btf_member / btf_array
+_U32 = struct.Struct("<I")
+
 # Kinds whose size_or_type field is a type id we follow to find a size /
 # the underlying struct of an anonymous member.
 _MODIFIER_KINDS = frozenset(
@@ -186,57 +205,68 @@ class Btf:
             raise BtfError(f"{source}: type section length {type_len} not a multiple of 4")
 
         self._strs = bytes(data[s_start:s_start + str_len])
-        words = array("I")
-        if words.itemsize != 4:  # pragma: no cover - every supported platform
-            raise BtfError("platform has no 32-bit unsigned array type")
-        words.frombytes(data[t_start:t_start + type_len])
-        if order != sys.byteorder:
+        tsec = bytes(data[t_start:t_start + type_len])
+        if order == "big":
+            # Every field of every type record is a 32-bit word, so swapping
+            # each word turns the whole section into little-endian.
+            words = array("I")
+            if words.itemsize != 4:  # pragma: no cover - every supported platform
+                raise BtfError("platform has no 32-bit unsigned array type")
+            words.frombytes(tsec)
             words.byteswap()
-        # Python list indexing is markedly faster than array/memoryview
-        # indexing in the hot loop below.
-        self._w = w = words.tolist()
+            tsec = words.tobytes()
+        self._t = tsec
 
         # --- single pass over the type section -------------------------
-        starts = [0]            # starts[type_id] = word index; id 0 is void
+        # Walk the raw bytes (little-endian): the high byte of `info` (byte 7
+        # of a record) holds kind (bits 0-4) and kind_flag (bit 7); vlen is
+        # bytes 4-5.  Indexing bytes is cheaper than unpacking words, and
+        # the record length comes from two 256-entry tables keyed by that
+        # byte; bytes with an invalid kind map to None (-> TypeError).
+        fixed_b, vlen_b, is_su = _STEP_FIXED, _STEP_VLEN, _IS_STRUCT_OR_UNION
+        unpack_name_size = _NAME_SIZE.unpack_from
+        starts = [0]            # starts[type_id] = byte offset; id 0 is void
         append = starts.append
         struct_by_name: dict[int, int] = {}   # name_off -> first sized STRUCT/UNION id
         empty_by_name: dict[int, int] = {}    # name_off -> first zero-size one
-        fixed, per_vlen, nkinds = _FIXED_WORDS, _VLEN_WORDS, _NUM_KINDS
-        pos, end, tid = 0, len(w), 0
+        b = tsec
+        pos, end, k = 0, len(b), 0
         try:
             while pos < end:
                 append(pos)
-                tid += 1
-                info = w[pos + 1]
-                kind = (info >> 24) & 0x1F
-                if kind == 4 or kind == 5:  # STRUCT / UNION
-                    name_off = w[pos]
-                    if name_off:
-                        if w[pos + 2]:
-                            if name_off not in struct_by_name:
-                                struct_by_name[name_off] = tid
-                        elif name_off not in empty_by_name:
-                            empty_by_name[name_off] = tid
-                    pos += 3 + 3 * (info & 0xFFFF)
+                k = b[pos + 7]
+                v = vlen_b[k]
+                if v:
+                    if is_su[k]:
+                        name_off, size = unpack_name_size(b, pos)
+                        if name_off:
+                            if size:
+                                if name_off not in struct_by_name:
+                                    struct_by_name[name_off] = len(starts) - 1
+                            elif name_off not in empty_by_name:
+                                empty_by_name[name_off] = len(starts) - 1
+                    pos += fixed_b[k] + v * (b[pos + 4] | (b[pos + 5] << 8))
                 else:
-                    pos += 3 + fixed[kind] + per_vlen[kind] * (info & 0xFFFF)
+                    pos += fixed_b[k]
         except (IndexError, TypeError):
-            # TypeError: fixed[0] is None (kind UNKN); IndexError: unknown
-            # kind, or a record header cut off by the end of the section.
-            if pos + 3 > end:
+            tid = len(starts) - 1
+            if pos + 12 > end:
                 raise BtfError(
                     f"{source}: type section truncated inside type id {tid}"
                 ) from None
             raise BtfError(
-                f"{source}: unknown or invalid BTF kind {kind} for type id {tid} "
-                f"(byte {t_start + 4 * pos} of the blob)"
+                f"{source}: unknown or invalid BTF kind {k & 0x1F} "
+                f"(info byte 0x{k:02x}) for type id {tid} "
+                f"(byte {t_start + pos} of the blob)"
             ) from None
         if pos != end:
-            raise BtfError(f"{source}: type section truncated inside type id {tid}")
-        for name_off, t in empty_by_name.items():
-            struct_by_name.setdefault(name_off, t)
+            raise BtfError(
+                f"{source}: type section truncated inside type id {len(starts) - 1}"
+            )
         self._starts = starts
-        self._struct_by_name = struct_by_name
+        self._sized_by_off = struct_by_name
+        self._empty_by_off = empty_by_name
+        self._structs: dict[bytes, int] | None = None  # built on first lookup
         self._resolved: dict[tuple[str, str], tuple[int, int, int]] = {}
 
     # ---- low level accessors ---------------------------------------------
@@ -260,21 +290,30 @@ class Btf:
         if not 0 < tid < len(self._starts):
             raise BtfError(f"{self.source}: type id {tid} out of range")
         pos = self._starts[tid]
-        w = self._w
-        info = w[pos + 1]
-        return (pos, w[pos], (info >> 24) & 0x1F, info & 0xFFFF,
-                info >> 31, w[pos + 2])
+        name_off, info, size_or_type = _TYPE.unpack_from(self._t, pos)
+        return (pos, name_off, (info >> 24) & 0x1F, info & 0xFFFF,
+                info >> 31, size_or_type)
 
-    def _name_offsets(self, name: str) -> list[int]:
-        """All string-section offsets at which ``name`` occurs as a whole string."""
-        needle = b"\0" + name.encode() + b"\0"
-        strs = self._strs
-        found = []
-        i = strs.find(needle)
-        while i >= 0:
-            found.append(i + 1)
-            i = strs.find(needle, i + 1)
-        return found
+    def _struct_index(self) -> dict[bytes, int]:
+        """name -> type id of the STRUCT/UNION definition to use (built once).
+
+        Keyed by the decoded name rather than the string offset so that a
+        name stored more than once in the string section is still found.
+        """
+        if self._structs is None:
+            strs = self._strs
+            find = strs.find
+            index: dict[bytes, int] = {}
+            for by_off in (self._sized_by_off, self._empty_by_off):
+                fallback: dict[bytes, int] = {}
+                for off, tid in by_off.items():
+                    end = find(b"\0", off)
+                    name = strs[off:end] if end >= 0 else strs[off:]
+                    if name not in index and fallback.get(name, tid) >= tid:
+                        fallback[name] = tid
+                index.update(fallback)
+            self._structs = index
+        return self._structs
 
     def find_struct(self, name: str) -> int:
         """Type id of the struct/union definition called ``name``.
@@ -285,15 +324,10 @@ class Btf:
         """
         if not name:
             raise BtfError("empty struct name")
-        candidates = [
-            self._struct_by_name[off]
-            for off in self._name_offsets(name)
-            if off in self._struct_by_name
-        ]
-        if not candidates:
+        tid = self._struct_index().get(name.encode())
+        if tid is None:
             raise BtfError(f"{self.source}: no struct or union named '{name}' in BTF")
-        sized = [t for t in candidates if self._type(t)[5]]
-        return min(sized or candidates)
+        return tid
 
     def _resolve_modifiers(self, tid: int) -> int:
         for _ in range(_MAX_CHAIN):
@@ -316,7 +350,7 @@ class Btf:
             if kind == KIND_PTR:
                 return _POINTER_SIZE
             if kind == KIND_ARRAY:
-                elem, _index, nelems = self._w[pos + 3:pos + 6]
+                elem, _index, nelems = _TYPE.unpack_from(self._t, pos + 12)
                 return nelems * self.type_size(elem) if nelems else 0
             if kind in _MODIFIER_KINDS:
                 tid = size_or_type
@@ -328,9 +362,8 @@ class Btf:
 
     # ---- member lookup ------------------------------------------------------
 
-    def _find_member(self, sid: int, name_offs: frozenset[int], base_bits: int,
-                     depth: int = 0):
-        """Depth-first search for a member whose name offset is in ``name_offs``.
+    def _find_member(self, sid: int, target: bytes, base_bits: int, depth: int = 0):
+        """Depth-first search for a member called ``target`` (NUL terminated).
 
         Descends into anonymous struct/union members, accumulating their
         offsets.  Returns (bit_offset, bitfield_size, member_type_id) or None.
@@ -338,21 +371,19 @@ class Btf:
         if depth > _MAX_CHAIN:
             raise BtfError(f"{self.source}: anonymous members nested too deep")
         pos, _n, _kind, vlen, kind_flag, _size = self._type(sid)
-        w = self._w
-        p = pos + 3
-        for _ in range(vlen):
-            m_name, m_type, m_off = w[p], w[p + 1], w[p + 2]
-            p += 3
+        t = self._t
+        for p in range(pos + 12, pos + 12 + 12 * vlen, 12):
+            m_name, m_type, m_off = _TYPE.unpack_from(t, p)
             if kind_flag:
                 bits, bf_size = m_off & 0xFFFFFF, m_off >> 24
             else:
                 bits, bf_size = m_off, 0
-            if m_name in name_offs:
+            if m_name and self._strs.startswith(target, m_name):
                 if not kind_flag and m_type:
                     # Old-style bitfield: encoded in the INT type itself.
                     t_pos, _tn, t_kind, _tv, _tkf, t_size = self._type(m_type)
                     if t_kind == KIND_INT:
-                        enc = w[t_pos + 3]
+                        enc = _U32.unpack_from(t, t_pos + 12)[0]
                         int_off, int_bits = (enc >> 16) & 0xFF, enc & 0xFF
                         if int_off or int_bits != 8 * t_size:
                             bits += int_off
@@ -361,7 +392,7 @@ class Btf:
             if m_name == 0 and m_type:
                 inner = self._resolve_modifiers(m_type)
                 if inner and self._type(inner)[2] in (KIND_STRUCT, KIND_UNION):
-                    hit = self._find_member(inner, name_offs, base_bits + bits, depth + 1)
+                    hit = self._find_member(inner, target, base_bits + bits, depth + 1)
                     if hit is not None:
                         return hit
         return None
@@ -372,8 +403,7 @@ class Btf:
         if hit is not None:
             return hit
         sid = self.find_struct(struct_name)
-        name_offs = frozenset(self._name_offsets(member)) if member else frozenset()
-        hit = self._find_member(sid, name_offs, 0) if name_offs else None
+        hit = self._find_member(sid, member.encode() + b"\0", 0) if member else None
         if hit is None:
             kind = _kind_name(self._type(sid)[2]).lower()
             raise BtfError(

@@ -103,7 +103,7 @@ def test_watch_all_sees_processes_outside_any_agent():
 
 def test_sigterm_stops_run_with_a_stopped_record():
     proc = subprocess.Popen(
-        [AGENTWATCH, "run", "--format", "json", "--", "sh", "-c", "sleep 30; true"],
+        [AGENTWATCH, "run", "--format", "json", "--", "sh", "-c", "exec >/dev/null; sleep 30; true"],
         stdout=subprocess.PIPE,
         start_new_session=True,  # the agent does not get our signal: agentwatch alone is stopped
     )
