@@ -276,15 +276,6 @@ class Btf:
         """Number of types (the highest type id)."""
         return len(self._starts) - 1
 
-    def _str(self, off: int) -> str:
-        strs = self._strs
-        if off >= len(strs):
-            raise BtfError(f"{self.source}: string offset {off} out of range")
-        end = strs.find(b"\0", off)
-        if end < 0:
-            end = len(strs)
-        return strs[off:end].decode("utf-8", "replace")
-
     def _type(self, tid: int) -> tuple[int, int, int, int, int, int]:
         """(pos, name_off, kind, vlen, kind_flag, size_or_type) of a type id."""
         if not 0 < tid < len(self._starts):
