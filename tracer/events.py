@@ -28,8 +28,8 @@ def read_defines(path: Path = EVENTS_H) -> dict[str, int]:
         expr = match.group(2).strip()
         names = re.sub(r"\bAW_\w+\b", lambda m: str(defines[m.group(0)]), expr)
         names = names.rstrip("uU")
-        # Only integers, parentheses and * are allowed: the header is data.
-        if not re.fullmatch(r"[\d\s()*]+", names):
+        # Only decimal integers, parentheses and * are allowed: the header is data.
+        if not re.fullmatch(r"[\d\s()*]+", names) or re.search(r"\b0\d", names):
             raise ValueError(f"{path}: cannot read #define {match.group(1)} {expr}")
         value = 1
         for factor in re.findall(r"\d+", names):
@@ -263,13 +263,17 @@ def decode(raw: bytes) -> Event:
     if len(raw) < layout.size:
         raise DecodeError(f"{EVENT_NAMES[kind]} record of {len(raw)} bytes, want at least {layout.size}")
     v = layout.unpack_from(raw)
+    if v[1] != len(raw):
+        raise DecodeError(f"{EVENT_NAMES[kind]} record says {v[1]} bytes, got {len(raw)}")
     head = (EVENT_NAMES[kind], v[2], v[3], v[4], v[5], v[6], v[7], v[8], _cstr(v[9]))
     rest = v[_HEADER_FIELDS + 1 :]
     if kind == EVENT_CONNECT:
         return ConnectEvent(*head, *rest)
     if kind == EVENT_EXEC:
         retval, flags, _argc, argv_size, filename = rest
-        blob = raw[EXEC_FIXED_SIZE : EXEC_FIXED_SIZE + argv_size]
+        if EXEC_FIXED_SIZE + argv_size != len(raw):
+            raise DecodeError(f"exec record of {len(raw)} bytes with {argv_size} bytes of argv")
+        blob = raw[EXEC_FIXED_SIZE:]
         argv = blob.split(b"\0") if blob else []
         if argv and argv[-1] == b"":
             argv.pop()

@@ -38,7 +38,12 @@ class Process:
     parent: Process | None = None
     agent_id: int = 0  # kernel agent id; 0 = in no agent
     alive: bool = True
-    json_cache: dict | None = None  # records.process_json; cleared when the process changes
+    # records.process_json's caches; cleared whenever the process changes.
+    json_cache: dict | None = None
+    brief_cache: dict | None = None
+
+    def changed(self) -> None:
+        self.json_cache = self.brief_cache = None
 
     @property
     def key(self) -> str:
@@ -160,13 +165,14 @@ class ProcessTable:
 
     def exec(self, p: Process, comm: bytes, exe: bytes, argv: list[bytes], truncated: bool) -> None:
         p.comm, p.exe, p.argv, p.argv_truncated = comm, exe, argv, truncated
-        p.json_cache = None
+        p.changed()
 
-    def rename(self, p: Process, comm: bytes) -> None:
-        """comm as the kernel reports it now (prctl(PR_SET_NAME) can change it)."""
-        if p.comm != comm:
-            p.comm = comm
-            p.json_cache = None
+    def refresh(self, p: Process, comm: bytes, ppid: int, uid: int) -> None:
+        """What the kernel says of the process now: its name (prctl(PR_SET_NAME)),
+        its parent (reparenting; the fork-time ancestry is kept) and its uid."""
+        if p.comm != comm or p.ppid != ppid or p.uid != uid:
+            p.comm, p.ppid, p.uid = comm, ppid, uid
+            p.changed()
 
     def exit(self, p: Process) -> None:
         p.alive = False
@@ -174,14 +180,12 @@ class ProcessTable:
             del self._by_pid[p.pid]
 
     def descendants(self, pid: int) -> list[Process]:
-        """Live descendants by the parent links, breadth first."""
-        children: dict[int, list[Process]] = {}
-        for p in self._by_pid.values():
-            if p.parent is not None:
-                children.setdefault(p.parent.pid, []).append(p)
-        out, queue = [], [pid]
-        while queue:
-            for child in children.get(queue.pop(0), []):
-                out.append(child)
-                queue.append(child.pid)
-        return out
+        """Live processes whose fork-time ancestry contains this one.
+
+        Compared by identity, not pid: a reused pid is another process, and
+        a grandchild whose parent exited still descends from the root.
+        """
+        root = self._by_pid.get(pid)
+        if root is None:
+            return []
+        return [p for p in self._by_pid.values() if p is not root and root in p.ancestry(depth=1 << 16)]

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 _PLAIN = re.compile(rb"[\x20-\x7e]*")
 # Code points a terminal or a log viewer may act on: C0/C1 controls, DEL,
 # line/paragraph separators, bidirectional overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _escape_char(match: re.Match) -> str:
@@ -77,29 +77,38 @@ class Clock:
         return self.rfc3339(time.monotonic_ns())
 
 
+def _brief(p: Process) -> dict:
+    """{pid, comm, exe} of an ancestor; cached until that process execs or renames."""
+    if p.brief_cache is None:
+        p.brief_cache = {
+            "pid": p.pid,
+            "comm": safe_text(p.comm),
+            "exe": safe_text(p.exe) if p.exe is not None else None,
+        }
+    return p.brief_cache
+
+
 def process_json(p: Process) -> dict:
-    """The process as a record field; cached until the process execs or renames."""
-    if p.json_cache is not None:
-        return p.json_cache
-    p.json_cache = {
-        "pid": p.pid,
-        "ppid": p.ppid,
-        "uid": p.uid,
-        "comm": safe_text(p.comm),
-        "exe": safe_text(p.exe) if p.exe is not None else None,
-        "argv": [safe_text(a) for a in p.argv],
-        "argv_truncated": p.argv_truncated,
-        "key": p.key,
-        "ancestry": [
-            {
-                "pid": a.pid,
-                "comm": safe_text(a.comm),
-                "exe": safe_text(a.exe) if a.exe is not None else None,
-            }
-            for a in p.ancestry()
-        ],
-    }
-    return p.json_cache
+    """The process as a record field.
+
+    Its own part is cached until it execs, renames or is reparented; the
+    ancestry is assembled each time from the ancestors' cached parts, so it
+    shows each ancestor as it is now.
+    """
+    if p.json_cache is None:
+        p.json_cache = {
+            "pid": p.pid,
+            "ppid": p.ppid,
+            "uid": p.uid,
+            "comm": safe_text(p.comm),
+            "exe": safe_text(p.exe) if p.exe is not None else None,
+            "argv": [safe_text(a) for a in p.argv],
+            "argv_truncated": p.argv_truncated,
+            "key": p.key,
+        }
+    out = dict(p.json_cache)
+    out["ancestry"] = [_brief(a) for a in p.ancestry()]
+    return out
 
 
 AF_INET, AF_INET6 = 2, 10

@@ -37,7 +37,7 @@ class Pipeline:
         ev = events.decode(raw)
         self.received += 1
         proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
-        self.table.rename(proc, ev.comm)
+        self.table.refresh(proc, ev.comm, ev.ppid, ev.uid)
         if ev.agent_id:
             proc.agent_id = ev.agent_id
         agent = self.agents.by_kernel_id(ev.agent_id)

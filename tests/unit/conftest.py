@@ -1,0 +1,127 @@
+"""Builders of raw kernel records for the unit tests.
+
+Records are built with the same ctypes classes that tracer.events decodes
+with (tracer.events.Raw*), and emitted the way the BPF programs emit them:
+fixed-size records whole, exec records cut after the used part of argv
+(size = offsetof(struct aw_exec, argv) + argv_size).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+import pytest
+
+from tracer import events
+
+class RawRecords:
+    """Raw ring buffer records as bytes."""
+
+    @staticmethod
+    def header(
+        kind: int,
+        *,
+        pid: int,
+        ppid: int = 1,
+        tid: int | None = None,
+        uid: int = 1000,
+        agent_id: int = 0,
+        comm: bytes = b"",
+        ktime_ns: int = 1_000_000_000,
+        start_ns: int = 500_000_000,
+        size: int = 0,
+    ) -> events.RawHeader:
+        h = events.RawHeader()
+        h.type = kind
+        h.size = size
+        h.ktime_ns = ktime_ns
+        h.start_ns = start_ns
+        h.pid = pid
+        h.tid = pid if tid is None else tid
+        h.ppid = ppid
+        h.uid = uid
+        h.agent_id = agent_id
+        h.comm = comm
+        return h
+
+    @classmethod
+    def fork(cls, *, child_pid: int, child_start_ns: int, child_agent_id: int = 0, **hdr) -> bytes:
+        r = events.RawFork()
+        r.hdr = cls.header(events.EVENT_FORK, size=ct.sizeof(r), **hdr)
+        r.child_pid = child_pid
+        r.child_agent_id = child_agent_id
+        r.child_start_ns = child_start_ns
+        return bytes(r)
+
+    @staticmethod
+    def pack_argv(argv: list[bytes]) -> bytes:
+        return b"".join(a + b"\0" for a in argv)
+
+    @classmethod
+    def exec(
+        cls,
+        *,
+        filename: bytes = b"",
+        argv: list[bytes] | None = None,
+        blob: bytes | None = None,
+        argc: int | None = None,
+        flags: int = 0,
+        retval: int = 0,
+        **hdr,
+    ) -> bytes:
+        """argv packed NUL-separated, or an explicit blob (for truncated argv)."""
+        argv = [] if argv is None else argv
+        if blob is None:
+            blob = cls.pack_argv(argv)
+        r = events.RawExec()
+        size = events.EXEC_FIXED_SIZE + len(blob)
+        r.hdr = cls.header(events.EVENT_EXEC, size=size, **hdr)
+        r.retval = retval
+        r.flags = flags
+        r.argc = len(argv) if argc is None else argc
+        r.argv_size = len(blob)
+        r.filename = filename
+        ct.memmove(ct.addressof(r) + events.EXEC_FIXED_SIZE, blob, len(blob))
+        return bytes(r)[:size]
+
+    @classmethod
+    def exit(cls, *, exit_code: int = 0, **hdr) -> bytes:
+        r = events.RawExit()
+        r.hdr = cls.header(events.EVENT_EXIT, size=ct.sizeof(r), **hdr)
+        r.exit_code = exit_code
+        return bytes(r)
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        family: int,
+        daddr: bytes,
+        dport: int,
+        saddr: bytes = b"",
+        sport: int = 0,
+        protocol: int = 6,
+        sock_type: int = 1,
+        retval: int = 0,
+        fd: int = 3,
+        flags: int = 0,
+        **hdr,
+    ) -> bytes:
+        r = events.RawConnect()
+        r.hdr = cls.header(events.EVENT_CONNECT, size=ct.sizeof(r), **hdr)
+        r.retval = retval
+        r.fd = fd
+        r.family = family
+        r.protocol = protocol
+        r.sock_type = sock_type
+        r.flags = flags
+        r.sport = sport
+        r.dport = dport
+        ct.memmove(r.saddr, saddr, len(saddr))
+        ct.memmove(r.daddr, daddr, len(daddr))
+        return bytes(r)
+
+
+@pytest.fixture
+def raw() -> type[RawRecords]:
+    return RawRecords
