@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import click
 
@@ -42,15 +42,32 @@ def _writer(stack: ExitStack, fmt: str | None, output: str | None):
     return TableWriter(stream) if fmt == "table" else JsonLinesWriter(stream)
 
 
-def _probes(stack: ExitStack, host_wide: bool, ringbuf_pages: int):
+@contextmanager
+def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int):
+    """Writer, loaded probes, a pipeline over a process table seeded from /proc, and
+    a stop flag for SIGINT/SIGTERM; everything undone on the way out."""
     from .probes import Probes  # noqa: PLC0415
+    from .session import Pipeline, StopFlag  # noqa: PLC0415
 
-    try:
-        return stack.enter_context(
-            Probes(ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid()))
-        )
-    except ProbeError as exc:
-        fail(f"{exc} (run `agentwatch doctor` for details)")
+    with ExitStack() as stack:
+        writer = _writer(stack, fmt, output)
+        try:
+            probes = stack.enter_context(
+                Probes(ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid()))
+            )
+        except ProbeError as exc:
+            fail(f"{exc} (run `agentwatch doctor` for details)")
+        pipeline = Pipeline(probes, writer)
+        pipeline.table.seed_from_proc()
+        stop = StopFlag()
+        stack.callback(stop.restore)
+        try:
+            yield pipeline, stop
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
 
 
 format_option = click.option(
@@ -88,24 +105,16 @@ def run(labels, fmt, output, linger, ringbuf_pages, ebpf, command):
         fail("run needs a command: agentwatch run [OPTIONS] -- CMD [ARGS]...")
     if linger < 0:
         fail("--linger must be >= 0")
-    from .session import Pipeline, StopFlag, run_agent  # noqa: PLC0415
+    from .session import run_agent  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with ExitStack() as stack:
-        writer = _writer(stack, fmt, output)
-        probes = _probes(stack, False, ringbuf_pages)
-        pipeline = Pipeline(probes, writer)
-        pipeline.table.seed_from_proc()
-        stop = StopFlag()
-        child = GatedChild(list(command))
+    with _session(fmt, output, False, ringbuf_pages) as (pipeline, stop):
         try:
-            code = run_agent(pipeline, child, label_map, linger, stop)
+            code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop)
         except LaunchError as exc:
             pipeline.finish()
             click.echo(f"agentwatch: {exc}", err=True)
             code = 127
-        finally:
-            stop.restore()
     sys.exit(code)
 
 
@@ -126,20 +135,11 @@ def watch(pids, host_wide, duration, labels, fmt, output, ringbuf_pages):
     for pid in pids:
         if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
             fail(f"--pid {pid}: no such process")
-    from .session import Pipeline, StopFlag  # noqa: PLC0415
     from .session import watch as watch_loop  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with ExitStack() as stack:
-        writer = _writer(stack, fmt, output)
-        probes = _probes(stack, host_wide, ringbuf_pages)
-        pipeline = Pipeline(probes, writer)
-        pipeline.table.seed_from_proc()
-        stop = StopFlag()
-        try:
-            code = watch_loop(pipeline, list(pids), label_map, duration, stop)
-        finally:
-            stop.restore()
+    with _session(fmt, output, host_wide, ringbuf_pages) as (pipeline, stop):
+        code = watch_loop(pipeline, list(pids), label_map, duration, stop)
     sys.exit(code)
 
 
