@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import events
 from .agents import Agent, AgentRegistry
@@ -22,6 +23,12 @@ from .records import Clock, event_record, lost_record, safe_text, status_record
 LOST_CHECK_SECONDS = 1.0
 
 
+class RecordConsumer(Protocol):
+    """What sees every record after it is built: the rule engine."""
+
+    def evaluate(self, record: dict) -> list[dict]: ...
+
+
 @dataclass
 class Pipeline:
     probes: Probes
@@ -29,6 +36,8 @@ class Pipeline:
     agents: AgentRegistry = field(default_factory=AgentRegistry)
     table: ProcessTable = field(default_factory=ProcessTable)
     clock: Clock = field(default_factory=Clock)
+    rules: RecordConsumer | None = None
+    show_events: bool = True  # False: only alerts, lost events and errors are written
     received: int = 0
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _lost_checked: float = 0.0
@@ -46,9 +55,17 @@ class Pipeline:
             child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
         elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
             self.table.exec(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
-        self.writer.write(event_record(self.clock, ev, proc, agent, child))
+        self.emit(event_record(self.clock, ev, proc, agent, child))
         if isinstance(ev, events.ExitEvent):
             self.table.exit(proc)
+
+    def emit(self, record: dict) -> None:
+        """Write an event or status record (unless events are hidden) and its alerts."""
+        if self.show_events:
+            self.writer.write(record)
+        if self.rules is not None:
+            for alert in self.rules.evaluate(record):
+                self.writer.write(alert)
 
     def drain(self, timeout_ms: int = 100) -> int:
         batch = self.probes.poll(timeout_ms)
@@ -114,7 +131,7 @@ def run_agent(
     root.agent_id = agent.kernel_id
     pipeline.probes.watch(child.pid, agent.kernel_id)
     argv = [safe_text(os.fsencode(a)) for a in child.argv]
-    pipeline.writer.write(status_record(pipeline.clock, "agent_started", agent, argv=argv))
+    pipeline.emit(status_record(pipeline.clock, "agent_started", agent, argv=argv))
     child.release()
 
     exit_code: int | None = None
@@ -143,7 +160,7 @@ def run_agent(
         survivors = pipeline.probes.members(agent.kernel_id)
         _report_survivors(pipeline, agent, "stopped", survivors, signal=stop.signal)
         return 128 + (stop.signal or signal.SIGTERM)
-    pipeline.writer.write(status_record(pipeline.clock, "agent_finished", agent, exit_code=exit_code))
+    pipeline.emit(status_record(pipeline.clock, "agent_finished", agent, exit_code=exit_code))
     pipeline.writer.flush()
     return exit_code
 
@@ -153,7 +170,7 @@ def _report_survivors(pipeline: Pipeline, agent: Agent, status: str, pids: list[
     for pid in sorted(pids):
         p = pipeline.table.get(pid)
         survivors.append({"pid": pid, "key": p.key if p else None, "comm": safe_text(p.comm) if p else None})
-    pipeline.writer.write(status_record(pipeline.clock, status, agent, survivors=survivors, **extra))
+    pipeline.emit(status_record(pipeline.clock, status, agent, survivors=survivors, **extra))
     pipeline.writer.flush()
 
 
@@ -176,9 +193,9 @@ def watch(
             p = pipeline.table.get(pid)
             if p is not None:
                 p.agent_id = agent.kernel_id
-        pipeline.writer.write(status_record(pipeline.clock, "watching", agent, pids=sorted(members)))
+        pipeline.emit(status_record(pipeline.clock, "watching", agent, pids=sorted(members)))
     else:
-        pipeline.writer.write(status_record(pipeline.clock, "watching", None, host_wide=True))
+        pipeline.emit(status_record(pipeline.clock, "watching", None, host_wide=True))
     deadline = time.monotonic() + duration if duration else None
     while not stop:
         pipeline.drain(100)
