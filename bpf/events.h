@@ -36,7 +36,9 @@
 #define AW_EVENT_EXEC 2
 #define AW_EVENT_EXIT 3
 #define AW_EVENT_CONNECT 4
-#define AW_EVENT_TYPES 5 /* one past the last tag: size of aw_lost */
+#define AW_EVENT_SEND 5
+#define AW_EVENT_CONN 6
+#define AW_EVENT_TYPES 7 /* one past the last tag: size of aw_lost */
 
 /* aw_exec.flags */
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
@@ -46,6 +48,33 @@
 
 /* aw_connect.flags */
 #define AW_CONNECT_NO_SOCKET 1u      /* fd did not resolve to a socket */
+
+/*
+ * First bytes of a connection: at most AW_PAYLOAD_BYTES of what a send
+ * asked to write, gathered from at most AW_PAYLOAD_IOVECS iovecs. The
+ * buffer holds twice the cap so that the verifier can bound a copy that
+ * starts anywhere below the cap.
+ */
+#define AW_PAYLOAD_BYTES 512
+#define AW_PAYLOAD_BUF (2 * AW_PAYLOAD_BYTES)
+#define AW_PAYLOAD_IOVECS 4
+
+/* aw_send.via: the system call that sent */
+#define AW_VIA_WRITE 1
+#define AW_VIA_WRITEV 2
+#define AW_VIA_SENDTO 3
+#define AW_VIA_SENDMSG 4
+#define AW_VIA_SENDMMSG 5
+
+/* aw_send.flags */
+#define AW_SEND_UNCONNECTED 1u       /* destination from sendto/sendmsg's address, not connect() */
+#define AW_SEND_FAULT 2u             /* some of the user's buffer could not be read */
+#define AW_SEND_MORE_IOVECS 4u       /* more iovecs than gathered: total counts only those */
+
+/* aw_conn.state */
+#define AW_CONN_ESTABLISHED 1
+#define AW_CONN_CLOSED 2
+#define AW_CONN_FAILED 3             /* closed without ever being established */
 
 /* Counters in aw_stats (per CPU), besides the per-type lost counters. */
 #define AW_STAT_THREADS 0            /* thread creations seen (not emitted) */
@@ -112,6 +141,144 @@ struct aw_connect {
 	__u32 _pad;
 	__u8 saddr[16];     /* IPv4 in the first 4 bytes */
 	__u8 daddr[16];
+	__u64 sock_cookie;  /* the struct sock: joins send and connection records to this connect */
+};
+
+/*
+ * The first send on a connection a watched process made (or every send,
+ * for DNS: destination port 53), or a send to an address on an unconnected
+ * socket. Emitted with only the captured part of data:
+ * size = offsetof(struct aw_send, data) + captured.
+ */
+struct aw_send {
+	struct aw_header hdr;
+	__u64 sock_cookie;  /* the struct sock, as in aw_connect */
+	__u8 saddr[16];     /* the local end, IPv4 in the first 4 bytes */
+	__u8 daddr[16];     /* connect()'s destination, or the call's address */
+	__u32 fd;
+	__u32 total;        /* bytes the call asked to send (gathered iovecs only) */
+	__u32 captured;     /* bytes in data */
+	__u32 flags;        /* AW_SEND_* */
+	__u16 via;          /* AW_VIA_* */
+	__u16 family;       /* AF_INET or AF_INET6 */
+	__u16 protocol;     /* sk_protocol */
+	__u16 sock_type;
+	__u16 sport;        /* host order */
+	__u16 dport;        /* host order */
+	__u32 _pad;
+	__u8 data[AW_PAYLOAD_BUF];
+};
+
+/*
+ * A TCP connection of a watched process changed state (sock:
+ * inet_sock_set_state). The header is the connecting process as it was at
+ * SYN_SENT: later transitions run in softirq or in another task.
+ */
+struct aw_conn {
+	struct aw_header hdr;
+	__u64 sock_cookie;  /* the struct sock, as in aw_connect */
+	__u64 duration_ns;  /* AW_CONN_CLOSED: time since established; else 0 */
+	__u8 saddr[16];     /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 state;        /* AW_CONN_* */
+	__u16 family;
+	__u16 protocol;
+	__u16 sport;        /* host order */
+	__u16 dport;        /* host order */
+	__u16 oldstate;     /* the TCP state it left (TCP_SYN_SENT for a failed connection) */
+	__u32 _pad;
+};
+
+/* ---- GPU (bpf/gpu.bpf.c) ---- */
+#define AW_EVENT_GPU 7
+
+/* Bytes of an open path compared against GPU device paths. */
+#define AW_GPU_PATH_LEN 32
+
+/* Device classes of GPU fds. */
+#define AW_GPU_CLASS_NV_CTL 1        /* /dev/nvidiactl */
+#define AW_GPU_CLASS_NV_GPU 2        /* /dev/nvidiaN, /dev/char/195:N */
+#define AW_GPU_CLASS_NV_UVM 3        /* /dev/nvidia-uvm */
+#define AW_GPU_CLASS_NV_UVM_TOOLS 4  /* /dev/nvidia-uvm-tools */
+#define AW_GPU_CLASS_NV_MODESET 5    /* /dev/nvidia-modeset */
+#define AW_GPU_CLASS_NV_CAPS 6       /* /dev/nvidia-caps/... */
+#define AW_GPU_CLASS_KFD 7           /* /dev/kfd (AMD ROCm) */
+#define AW_GPU_CLASS_DRM_RENDER 8    /* /dev/dri/renderDN */
+#define AW_GPU_CLASS_DRM_CARD 9      /* /dev/dri/cardN */
+#define AW_GPU_CLASS_ACCEL 10        /* /dev/accel/accelN */
+#define AW_GPU_CLASS_RECON 255       /* /proc/driver/nvidia/...: not an fd class */
+
+/* DRM drivers, per minor (userland fills aw_drm_driver from sysfs). */
+#define AW_DRM_AMDGPU 1
+#define AW_DRM_I915 2
+#define AW_DRM_XE 3
+
+/* What an ioctl (or open) did: the op of a counter. */
+#define AW_GPU_OP_OPEN 1
+#define AW_GPU_OP_CLIENT 2
+#define AW_GPU_OP_DEVICE 3
+#define AW_GPU_OP_VASPACE 4
+#define AW_GPU_OP_CHANNEL 5
+#define AW_GPU_OP_TSG 6
+#define AW_GPU_OP_COMPUTE 7
+#define AW_GPU_OP_GFX3D 8
+#define AW_GPU_OP_COPY 9
+#define AW_GPU_OP_VIDEO 10
+#define AW_GPU_OP_USERMODE 11
+#define AW_GPU_OP_MEM 12
+#define AW_GPU_OP_MEM_BYTES 13       /* a sum of bytes, not a count */
+#define AW_GPU_OP_DEBUG 14
+#define AW_GPU_OP_CONTROL 15
+#define AW_GPU_OP_SCHEDULE 16
+#define AW_GPU_OP_SUBMIT 17
+#define AW_GPU_OP_PIDQUERY 18
+#define AW_GPU_OP_GPUMAP 19
+#define AW_GPU_OP_CPUMAP 20
+#define AW_GPU_OP_FREE 21
+#define AW_GPU_OP_ATTACH 22
+#define AW_GPU_OP_UVM_INIT 23
+#define AW_GPU_OP_UVM_GPU 24
+#define AW_GPU_OP_MIGRATE 25
+#define AW_GPU_OP_TOOLS 26
+#define AW_GPU_OP_WAIT 27
+#define AW_GPU_OP_MISC 28
+#define AW_GPU_OP_RECON 29
+#define AW_GPU_OP_OTHER 30
+
+/* Milestones: bits of aw_gpu_seen, each reported once per process image. */
+#define AW_GPU_MS_OPEN 1u            /* first GPU device opened */
+#define AW_GPU_MS_COMPUTE 2u         /* compute object, KFD queue, DRM context or exec queue */
+#define AW_GPU_MS_CHANNEL 4u         /* GPFIFO channel, channel group, UVM channel */
+#define AW_GPU_MS_SUBMIT 8u          /* work scheduled or submitted */
+#define AW_GPU_MS_DEBUG 16u          /* debugger, profiler or UVM tools */
+#define AW_GPU_MS_MEMORY 32u         /* device memory allocated */
+#define AW_GPU_MS_RECON 64u          /* read /proc/driver/nvidia */
+
+/* aw_gpu.kind */
+#define AW_GPU_KIND_MILESTONE 1
+#define AW_GPU_KIND_RESOLVE 2        /* an ioctl on an fd the kernel did not see opened */
+
+struct aw_gpu_fd_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct aw_gpu_count_key {
+	__u32 tgid;
+	__u16 devclass;
+	__u16 op;
+	__u32 detail;       /* RM class, control class, or ioctl nr */
+};
+
+struct aw_gpu {
+	struct aw_header hdr;
+	__u32 kind;         /* AW_GPU_KIND_* */
+	__u32 fd;
+	__u32 devclass;
+	__u32 op;           /* AW_GPU_OP_*; for RESOLVE: the ioctl cmd */
+	__u32 detail;
+	__u32 _pad;
+	__u64 value;        /* bytes allocated, when known */
 };
 
 #endif /* AGENTWATCH_EVENTS_H */
