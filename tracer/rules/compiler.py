@@ -1,0 +1,423 @@
+"""Condition trees to Python closures, once, at load time. Never eval or exec.
+
+Each comparison becomes a closure over the field's accessor and its values,
+already converted to the field's type: regular expressions compiled, CIDRs
+parsed, sets built. A field the record does not have (the accessor returns
+None) makes a comparison false.
+
+The compiler also finds a rule's *guard*: a field and a set of values the
+field must take for the condition to hold (`proc.name in (ssh, autossh) and
+...`). The engine indexes rules by their guards, so a record is tested only
+against rules that can match it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import ipaddress
+import re
+import socket
+from typing import Callable
+
+from . import fields as F
+from .condition import (
+    COMPARISONS,
+    And,
+    BoolTest,
+    Compare,
+    ConditionError,
+    Exists,
+    MacroRef,
+    Not,
+    Or,
+)
+
+Predicate = Callable[[dict], bool]
+
+TEXT_OPS = ("contains", "icontains", "startswith", "endswith", "glob", "regex")
+MULTI_OPS = ("in", "cidr") + TEXT_OPS  # operators that take a list of values
+NUMBER_TYPES = (F.INT, F.FLOAT)
+TEXT_TYPES = (F.STR, F.ADDR, F.LIST)
+
+
+def _false(_r: dict) -> bool:
+    return False
+
+
+def _true(_r: dict) -> bool:
+    return True
+
+
+# --------------------------------------------------------------------------
+# Addresses for cidr: text to (version, integer), cached, since a run sees the
+# same few destinations again and again.
+
+_addr_cache: dict[str, tuple[int, int] | None] = {}
+_V4_MAPPED_PREFIX = 0xFFFF << 32
+
+
+def _addr(text: str) -> tuple[int, int] | None:
+    hit = _addr_cache.get(text)
+    if hit is not None or text in _addr_cache:
+        return hit
+    try:
+        if ":" in text:
+            n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            value = (4, n & 0xFFFFFFFF) if n >> 32 == 0xFFFF else (6, n)  # ::ffff:a.b.c.d is IPv4
+        else:
+            value = (4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+    except (OSError, ValueError):
+        value = None
+    if len(_addr_cache) > 8192:
+        _addr_cache.clear()
+    _addr_cache[text] = value
+    return value
+
+
+class Compiler:
+    """Compiles trees against one set of lists and macros (the state at the end of a load)."""
+
+    def __init__(self, lists: dict[str, list[str]], macros: dict[str, object]):
+        self.lists = lists  # name -> items, with list references already expanded
+        self.macros = macros  # name -> tree (may hold MacroRefs)
+        self._expanded: dict[str, object] = {}
+        self._compiled: dict[int, tuple[object, Predicate]] = {}  # id(node) -> (node, closure)
+        self._values: dict[int, tuple[object, list]] = {}
+
+    # ----------------------------------------------------------------------
+    # Macros are inlined as trees; a macro's tree is expanded once and shared.
+
+    def expand(self, node, stack: tuple[str, ...] = ()):
+        if isinstance(node, MacroRef):
+            return self._macro(node, stack)
+        if isinstance(node, And):
+            return And([self.expand(i, stack) for i in node.items])
+        if isinstance(node, Or):
+            return Or([self.expand(i, stack) for i in node.items])
+        if isinstance(node, Not):
+            return Not(self.expand(node.operand, stack))
+        return node
+
+    def _macro(self, ref: MacroRef, stack: tuple[str, ...]):
+        if ref.name in stack:
+            cycle = " -> ".join(stack[stack.index(ref.name):] + (ref.name,))
+            raise ConditionError(f"macro cycle: {cycle}", ref.pos, ref.src)
+        done = self._expanded.get(ref.name)
+        if done is not None:
+            return done
+        tree = self.macros.get(ref.name)
+        if tree is None:
+            if ref.name in self.lists:
+                raise ConditionError(f"'{ref.name}' is a list, not a macro", ref.pos, ref.src)
+            close = difflib.get_close_matches(ref.name, list(self.macros), n=1, cutoff=0.75)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConditionError(f"unknown macro '{ref.name}'{hint}", ref.pos, ref.src)
+        done = self.expand(tree, stack + (ref.name,))
+        self._expanded[ref.name] = done
+        return done
+
+    # ----------------------------------------------------------------------
+
+    def compile(self, node) -> Predicate:
+        """A closure for an expanded tree (no MacroRefs left)."""
+        hit = self._compiled.get(id(node))
+        if hit is not None:
+            return hit[1]
+        fn = self._compile(node)
+        self._compiled[id(node)] = (node, fn)
+        return fn
+
+    def _compile(self, node) -> Predicate:
+        if isinstance(node, And):
+            return _all([self.compile(i) for i in node.items])
+        if isinstance(node, Or):
+            return _any([self.compile(i) for i in node.items])
+        if isinstance(node, Not):
+            inner = self.compile(node.operand)
+            return lambda r, inner=inner: not inner(r)
+        if isinstance(node, Exists):
+            get = node.field.get
+            return lambda r, get=get: get(r) is not None
+        if isinstance(node, BoolTest):
+            get = node.field.get
+            return lambda r, get=get: get(r) is True
+        if isinstance(node, Compare):
+            return self._compare(node)
+        raise TypeError(f"not an expanded condition node: {node!r}")  # a bug, not a user error
+
+    # ----------------------------------------------------------------------
+    # Values.
+
+    def values(self, node: Compare) -> list:
+        """The comparison's values, list names expanded, converted to the field's type."""
+        hit = self._values.get(id(node))
+        if hit is not None:
+            return hit[1]
+        out = self._convert(node)
+        self._values[id(node)] = (node, out)
+        return out
+
+    def _convert(self, node: Compare) -> list:
+        fld, op = node.field, node.op
+        out = []
+        for v in node.values:
+            if op in MULTI_OPS and not v.quoted and v.text in self.lists:
+                for item in self.lists[v.text]:
+                    out.append(self._typed(node, item, v.pos, f"list {v.text}: item"))
+                continue
+            if op == "in" and not node.listy and not v.quoted:
+                if v.text in self.macros:
+                    raise ConditionError(f"'{v.text}' is a macro, not a list", v.pos, node.src)
+                close = difflib.get_close_matches(v.text, list(self.lists), n=1, cutoff=0.75)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConditionError(
+                    f"unknown list '{v.text}'{hint}; write in (a, b) for literal values", v.pos, node.src
+                )
+            out.append(self._typed(node, v.text, v.pos, "value"))
+        return out
+
+    def _typed(self, node: Compare, text: str, pos: int, what: str):
+        t, name = node.field.type, node.field.name
+        if t == F.INT:
+            try:
+                return int(text, 10)
+            except ValueError:
+                raise ConditionError(f"{what} '{text}' is not a whole number ({name} is an int)", pos, node.src) from None
+        if t == F.FLOAT:
+            try:
+                return float(text)
+            except ValueError:
+                raise ConditionError(f"{what} '{text}' is not a number ({name} is a float)", pos, node.src) from None
+        if t == F.BOOL:
+            if text in ("true", "false"):
+                return text == "true"
+            raise ConditionError(f"{what} '{text}' is not true or false ({name} is a bool)", pos, node.src)
+        if node.op == "regex":
+            try:
+                return re.compile(text)
+            except re.error as exc:
+                raise ConditionError(f"bad regex '{text}': {exc}", pos, node.src) from None
+        if node.op == "cidr":
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ConditionError(f"bad CIDR '{text}'", pos, node.src) from None
+            return (net.version, int(net.network_address), int(net.netmask))
+        return text
+
+    # ----------------------------------------------------------------------
+    # Comparisons.
+
+    def _compare(self, node: Compare) -> Predicate:
+        fld, op = node.field, node.op
+        t = fld.type
+        err = lambda msg: ConditionError(msg, node.op_pos, node.src)  # noqa: E731
+        if op in ("<", "<=", ">", ">=") and t not in NUMBER_TYPES:
+            raise err(f"'{op}' compares numbers; {fld.name} is {_a(t)}")
+        if op in TEXT_OPS and t not in TEXT_TYPES:
+            raise err(f"'{op}' works on text; {fld.name} is {_a(t)}")
+        if op == "cidr" and t != F.ADDR:
+            raise err(f"'cidr' works on addresses (net.daddr, net.saddr); {fld.name} is {_a(t)}")
+        if op in COMPARISONS and (node.listy or len(node.values) != 1):
+            raise err(f"'{op}' takes one value; use 'in' for a list")
+        vals = self.values(node)
+        if not vals:  # an empty named list
+            return _false
+        get = fld.get
+        if t == F.LIST:
+            return _list_compare(get, op, vals)
+        return _scalar_compare(get, op, vals)
+
+    # ----------------------------------------------------------------------
+    # Guards.
+
+    def guard(self, node) -> tuple[str, frozenset] | None:
+        """(field name, values) such that the condition implies field in values."""
+        if isinstance(node, Compare):
+            if node.field.type in (F.LIST, F.FLOAT):
+                return None
+            if node.op == "=" or node.op == "in":
+                return node.field.name, frozenset(self.values(node))
+            return None
+        if isinstance(node, And):
+            found = [g for g in (self.guard(i) for i in node.items) if g is not None]
+            if not found:
+                return None
+            return min(found, key=lambda g: (_GUARD_RANK.get(g[0], len(_GUARD_RANK)), len(g[1])))
+        if isinstance(node, Or):
+            found = [self.guard(i) for i in node.items]
+            if any(g is None for g in found) or len({g[0] for g in found}) != 1:
+                return None
+            return found[0][0], frozenset().union(*(g[1] for g in found))
+        return None
+
+
+# Fields a guard prefers: what distinguishes records best and costs least to read.
+_GUARD_RANK = {name: i for i, name in enumerate(
+    ["proc.name", "proc.exe_name", "proc.exe", "net.dport", "status.name", "dns.qtype", "conn.state"]
+)}
+
+
+def _a(t: str) -> str:
+    return {F.INT: "an int", F.FLOAT: "a float", F.BOOL: "a bool", F.STR: "text", F.ADDR: "an address",
+            F.LIST: "a list"}[t]
+
+
+def _all(fs: list[Predicate]) -> Predicate:
+    if len(fs) == 2:
+        a, b = fs
+        return lambda r: a(r) and b(r)
+    if len(fs) == 3:
+        a, b, c = fs
+        return lambda r: a(r) and b(r) and c(r)
+
+    def all_(r, fs=tuple(fs)):
+        for f in fs:
+            if not f(r):
+                return False
+        return True
+
+    return all_
+
+
+def _any(fs: list[Predicate]) -> Predicate:
+    if len(fs) == 2:
+        a, b = fs
+        return lambda r: a(r) or b(r)
+    if len(fs) == 3:
+        a, b, c = fs
+        return lambda r: a(r) or b(r) or c(r)
+
+    def any_(r, fs=tuple(fs)):
+        for f in fs:
+            if f(r):
+                return True
+        return False
+
+    return any_
+
+
+def _text_matcher(op: str, vals: list) -> Callable[[str], object]:
+    """For a text operator and its values, a function of one string that is truthy on a match."""
+    if op == "contains":
+        if len(vals) == 1:
+            v = vals[0]
+            return lambda x: v in x
+        return re.compile("|".join(re.escape(v) for v in vals)).search
+    if op == "icontains":
+        return re.compile("|".join(re.escape(v) for v in vals), re.IGNORECASE).search
+    if op == "startswith":
+        t = tuple(vals)
+        return lambda x: x.startswith(t)
+    if op == "endswith":
+        t = tuple(vals)
+        return lambda x: x.endswith(t)
+    if op == "glob":
+        return re.compile("|".join(f"(?:{fnmatch.translate(v)})" for v in vals)).match
+    if op == "regex":
+        if len(vals) == 1:
+            return vals[0].search
+        pats = tuple(p.search for p in vals)
+        return lambda x: any(s(x) for s in pats)
+    raise ValueError(op)
+
+
+def _cidr_matcher(vals: list) -> Callable[[str], bool]:
+    v4 = tuple((n, m) for ver, n, m in vals if ver == 4)
+    v6 = tuple((n, m) for ver, n, m in vals if ver == 6)
+
+    def match(x: str) -> bool:
+        a = _addr(x)
+        if a is None:
+            return False
+        ver, n = a
+        for net, mask in v4 if ver == 4 else v6:
+            if n & mask == net:
+                return True
+        return False
+
+    return match
+
+
+def _scalar_compare(get, op: str, vals: list) -> Predicate:
+    if op == "=":
+        v = vals[0]
+        return lambda r: get(r) == v
+    if op == "!=":
+        v = vals[0]
+
+        def ne(r):
+            x = get(r)
+            return x is not None and x != v
+
+        return ne
+    if op in ("<", "<=", ">", ">="):
+        v = vals[0]
+        if op == "<":
+            def cmp(r):
+                x = get(r)
+                return x is not None and x < v
+        elif op == "<=":
+            def cmp(r):
+                x = get(r)
+                return x is not None and x <= v
+        elif op == ">":
+            def cmp(r):
+                x = get(r)
+                return x is not None and x > v
+        else:
+            def cmp(r):
+                x = get(r)
+                return x is not None and x >= v
+        return cmp
+    if op == "in":
+        s = frozenset(vals)
+        return lambda r: get(r) in s
+    match = _cidr_matcher(vals) if op == "cidr" else _text_matcher(op, vals)
+
+    def text(r):
+        x = get(r)
+        return x is not None and bool(match(x))
+
+    return text
+
+
+def _list_compare(get, op: str, vals: list) -> Predicate:
+    """Any element of a list-valued field."""
+    if op == "=":
+        v = vals[0]
+
+        def eq(r):
+            x = get(r)
+            return x is not None and v in x
+
+        return eq
+    if op == "!=":
+        v = vals[0]
+
+        def ne(r):
+            x = get(r)
+            return x is not None and any(a != v for a in x)
+
+        return ne
+    if op == "in":
+        s = frozenset(vals)
+
+        def in_(r):
+            x = get(r)
+            return x is not None and not s.isdisjoint(x)
+
+        return in_
+    match = _text_matcher(op, vals)
+
+    def any_elem(r):
+        x = get(r)
+        if x is None:
+            return False
+        for a in x:
+            if match(a):
+                return True
+        return False
+
+    return any_elem

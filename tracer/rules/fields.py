@@ -1,0 +1,328 @@
+"""The field names rules may use: one table of names, types, docs and accessors.
+
+This table is the single source of truth. The condition parser checks names
+and types against it, the compiler takes its accessors, `agentwatch rules
+fields` prints it and docs/rules.md carries the same table (a unit test
+compares them).
+
+An accessor takes a record (a dict, as printed by --events) and returns a
+value of the field's type, or None when the record does not have it. A value
+of the wrong JSON type (a hand-edited replay file) is also None, so operators
+never see a type they do not expect.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+# Field types. ADDR is an IP address as text: the only type `cidr` accepts.
+STR, INT, FLOAT, BOOL, ADDR, LIST = "str", "int", "float", "bool", "addr", "list[str]"
+
+RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "lost", "status")
+
+Getter = Callable[[dict], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    type: str
+    source: str  # where in the record, for people
+    get: Getter
+
+
+def record_type(rec: dict) -> str | None:
+    """The record type rules select on (`events:`): an event's `type`, or "status"."""
+    kind = rec.get("kind")
+    if kind == "event":
+        t = rec.get("type")
+        return t if t.__class__ is str else None
+    if kind == "status":
+        return "status"
+    return None
+
+
+_seconds_cache: dict[str, int] = {}
+
+
+def record_seconds(rec: dict) -> float | None:
+    """`time` (RFC 3339, UTC, up to nanoseconds) as seconds since the epoch."""
+    t = rec.get("time")
+    if t.__class__ is not str or len(t) < 20 or t[-1] != "Z":
+        return None
+    head = t[:19]
+    whole = _seconds_cache.get(head)
+    if whole is None:
+        try:
+            whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return None
+        if len(_seconds_cache) > 4096:  # one entry per second seen; keep it small
+            _seconds_cache.clear()
+        _seconds_cache[head] = whole
+    frac = t[20:-1]
+    if t[19] == "Z":
+        return float(whole)
+    if t[19] != "." or not frac.isdigit():
+        return None
+    return whole + int(frac) / 10 ** len(frac)
+
+
+# --------------------------------------------------------------------------
+# Accessor builders. Each returns the value only when it has the right type.
+
+
+def _top(key: str, typ: type) -> Getter:
+    def get(r: dict):
+        v = r.get(key)
+        return v if v.__class__ is typ else None
+
+    return get
+
+
+def _sub(top: str, key: str, typ: type) -> Getter:
+    def get(r: dict):
+        d = r.get(top)
+        if d.__class__ is dict:
+            v = d.get(key)
+            if v.__class__ is typ:
+                return v
+        return None
+
+    return get
+
+
+def _sub_number(top: str, key: str) -> Getter:
+    def get(r: dict):
+        d = r.get(top)
+        if d.__class__ is dict:
+            v = d.get(key)
+            if v.__class__ is float:
+                return v
+            if v.__class__ is int:
+                return float(v)
+        return None
+
+    return get
+
+
+def _memo_on_process(compute: Callable[[dict], object]) -> Getter:
+    """A field derived from `process`, computed once per process object.
+
+    Every rule that reads proc.cmdline on one record sees the same process
+    dict; the last one is held (so its id cannot be reused) and compared by
+    identity.
+    """
+    last: list = [None, None]
+
+    def get(r: dict):
+        p = r.get("process")
+        if p.__class__ is not dict:
+            return None
+        if p is last[0]:
+            return last[1]
+        v = compute(p)
+        last[0] = p
+        last[1] = v
+        return v
+
+    return get
+
+
+def _argv(p: dict) -> list | None:
+    argv = p.get("argv")
+    if argv.__class__ is list and all(a.__class__ is str for a in argv):
+        return argv
+    return None
+
+
+def _args(p: dict):
+    argv = _argv(p)
+    return argv[1:] if argv is not None else None
+
+
+def _argv0(p: dict):
+    argv = _argv(p)
+    return argv[0] if argv else None
+
+
+def _cmdline(p: dict):
+    argv = _argv(p)
+    return " ".join(argv) if argv is not None else None
+
+
+def _exe_name(p: dict):
+    exe = p.get("exe")
+    return exe.rpartition("/")[2] if exe.__class__ is str else None
+
+
+def _ancestry_items(p: dict, key: str):
+    anc = p.get("ancestry")
+    if anc.__class__ is not list:
+        return None
+    out = []
+    for a in anc:
+        v = a.get(key) if a.__class__ is dict else None
+        if v.__class__ is str:
+            out.append(v)
+    return out
+
+
+def _pname(p: dict):
+    anc = p.get("ancestry")
+    if anc.__class__ is list and anc and anc[0].__class__ is dict:
+        v = anc[0].get("comm")
+        return v if v.__class__ is str else None
+    return None
+
+
+def _detached(p: dict):
+    anc = p.get("ancestry")
+    ppid = p.get("ppid")
+    if anc.__class__ is list and anc and anc[0].__class__ is dict and ppid.__class__ is int:
+        return anc[0].get("pid") != ppid
+    return None
+
+
+def _evt_type(r: dict):
+    return record_type(r)
+
+
+def _evt_time(r: dict):
+    return record_seconds(r)
+
+
+def _exit_code(r: dict):
+    v = r.get("exit_code")
+    return v if v.__class__ is int else None
+
+
+def _net_internal(r: dict):
+    n = r.get("network")
+    if n.__class__ is dict:
+        scope = n.get("scope")
+        if scope.__class__ is str:
+            return scope != "external"
+    return None
+
+
+def _status_name(r: dict):
+    if r.get("kind") != "status":
+        return None
+    v = r.get("status")
+    return v if v.__class__ is str else None
+
+
+def _status_survivors(r: dict):
+    if r.get("kind") != "status":
+        return None
+    v = r.get("survivors")
+    if v.__class__ is list:
+        return len(v)
+    if v.__class__ is int:
+        return v
+    return None
+
+
+_F = Field
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in [
+        _F("evt.type", STR, "`type`: exec, exit, fork, connect, send, connection, dns, lost; `status` for status records", _evt_type),
+        _F("evt.time", FLOAT, "`time`, in seconds since the epoch", _evt_time),
+        _F("proc.pid", INT, "`process.pid`", _sub("process", "pid", int)),
+        _F("proc.ppid", INT, "`process.ppid` (the parent now)", _sub("process", "ppid", int)),
+        _F("proc.uid", INT, "`process.uid`", _sub("process", "uid", int)),
+        _F("proc.name", STR, "`process.comm`", _sub("process", "comm", str)),
+        _F("proc.exe", STR, "`process.exe`", _sub("process", "exe", str)),
+        _F("proc.exe_name", STR, "the last path component of `process.exe`", _memo_on_process(_exe_name)),
+        _F("proc.args", LIST, "`process.argv[1:]`", _memo_on_process(_args)),
+        _F("proc.argv0", STR, "`process.argv[0]`", _memo_on_process(_argv0)),
+        _F("proc.cmdline", STR, "`process.argv` joined with spaces", _memo_on_process(_cmdline)),
+        _F("proc.key", STR, "`process.key` (pid:start, unique across pid reuse)", _sub("process", "key", str)),
+        _F("proc.ancestors", LIST, "the `comm` of each ancestor, parent first",
+           _memo_on_process(lambda p: _ancestry_items(p, "comm"))),
+        _F("proc.ancestor_exes", LIST, "the `exe` of each ancestor, parent first",
+           _memo_on_process(lambda p: _ancestry_items(p, "exe"))),
+        _F("proc.pname", STR, "the parent's `comm` (first ancestor)", _memo_on_process(_pname)),
+        _F("proc.detached", BOOL,
+           "the parent now (`ppid`) is not the parent at fork (reparented, as by `setsid`, `nohup` or `ssh -f`)",
+           _memo_on_process(_detached)),
+        _F("agent.id", STR, "`agent.id`", _sub("agent", "id", str)),
+        _F("agent.root_pid", INT, "`agent.root_pid`", _sub("agent", "root_pid", int)),
+        _F("agent.labels.<key>", STR, "`agent.labels[<key>]`", lambda r: None),  # see field()
+        _F("exec.result", STR, "`exec.result` (`ok`, `ENOENT`, ...)", _sub("exec", "result", str)),
+        _F("exit.code", INT, "`exit_code` (of an exit record, or the root's in `agent_finished`)", _exit_code),
+        _F("exit.signal", INT, "`signal`: the signal that killed the process (absent if none)", _top("signal", int)),
+        _F("net.family", STR, "`network.family` (ipv4, ipv6)", _sub("network", "family", str)),
+        _F("net.protocol", STR, "`network.protocol` (tcp, udp, ...)", _sub("network", "protocol", str)),
+        _F("net.saddr", ADDR, "`network.saddr`", _sub("network", "saddr", str)),
+        _F("net.sport", INT, "`network.sport`", _sub("network", "sport", int)),
+        _F("net.daddr", ADDR, "`network.daddr`", _sub("network", "daddr", str)),
+        _F("net.dport", INT, "`network.dport`", _sub("network", "dport", int)),
+        _F("net.result", STR, "`network.result` (`ok`, `EINPROGRESS`, `ECONNREFUSED`, ...)", _sub("network", "result", str)),
+        _F("net.scope", STR,
+           "`network.scope`: loopback, link_local, metadata, private, shared, multicast, host, external",
+           _sub("network", "scope", str)),
+        _F("net.internal", BOOL, "`network.scope` is anything but external", _net_internal),
+        _F("payload.text", STR, "`payload.text`: the first bytes written on a new connection, escaped as in events.md",
+           _sub("payload", "text", str)),
+        _F("payload.length", INT, "`payload.length`: bytes captured (at most 512)", _sub("payload", "length", int)),
+        _F("conn.state", STR, "`connection.state`: established, closed, failed", _sub("connection", "state", str)),
+        _F("conn.duration", FLOAT, "`connection.duration_s`: seconds from established to closed",
+           _sub_number("connection", "duration_s")),
+        _F("dns.query", STR, "`dns.query`: the queried name, lowercase, no trailing dot", _sub("dns", "query", str)),
+        _F("dns.qtype", STR, "`dns.qtype`: A, AAAA, TXT, ...", _sub("dns", "qtype", str)),
+        _F("status.name", STR,
+           "`status` of a status record: agent_started, root_exited, linger_expired, agent_finished, stopped, watching",
+           _status_name),
+        _F("status.survivors", INT, "the number of `survivors` of a status record (processes still alive)",
+           _status_survivors),
+    ]
+}
+
+LABEL_PREFIX = "agent.labels."
+_label_getters: dict[str, Field] = {}
+
+
+def _label_getter(key: str) -> Getter:
+    def get(r: dict):
+        a = r.get("agent")
+        if a.__class__ is dict:
+            labels = a.get("labels")
+            if labels.__class__ is dict:
+                v = labels.get(key)
+                if v.__class__ is str:
+                    return v
+        return None
+
+    return get
+
+
+def field(name: str) -> Field | None:
+    """The field called `name`, or None. `agent.labels.<key>` is one field per key."""
+    f = FIELDS.get(name)
+    if f is not None:
+        return f if not name.endswith("<key>") else None
+    if name.startswith(LABEL_PREFIX) and len(name) > len(LABEL_PREFIX):
+        f = _label_getters.get(name)
+        if f is None:
+            f = Field(name, STR, f"`agent.labels[{name[len(LABEL_PREFIX):]!r}]`", _label_getter(name[len(LABEL_PREFIX):]))
+            _label_getters[name] = f
+        return f
+    return None
+
+
+def names() -> list[str]:
+    return list(FIELDS)
+
+
+def markdown_table() -> str:
+    """The table of docs/rules.md, from this module."""
+    lines = ["| field | type | from the record |", "|---|---|---|"]
+    for f in FIELDS.values():
+        lines.append(f"| `{f.name}` | {f.type} | {f.source} |")
+    return "\n".join(lines) + "\n"
