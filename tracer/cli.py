@@ -12,6 +12,8 @@ from .agents import LabelError, parse_labels
 from .launcher import GatedChild, LaunchError
 from .output import JsonLinesWriter, TableWriter
 from .probes import ProbeConfig, ProbeError, program_text
+from .rules import Engine, RulesError
+from .rules import loader as rules_loader
 
 USAGE_ERROR = 2
 
@@ -20,6 +22,19 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     """A user-caused problem: one line on stderr, exit code 2."""
     click.echo(f"agentwatch: {message}", err=True)
     sys.exit(USAGE_ERROR)
+
+
+def rules_fail(exc: RulesError) -> "NoReturn":  # noqa: F821
+    """A bad rule: its one line (file:line: rule id: what), exit code 2."""
+    click.echo(str(exc), err=True)
+    sys.exit(USAGE_ERROR)
+
+
+def _load_rules(paths: tuple[str, ...], check_examples: bool = True) -> rules_loader.RuleSet:
+    try:
+        return rules_loader.load(list(paths) or None, check_examples=check_examples)
+    except RulesError as exc:
+        rules_fail(exc)
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -43,12 +58,14 @@ def _writer(stack: ExitStack, fmt: str | None, output: str | None):
 
 
 @contextmanager
-def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int):
-    """Writer, loaded probes, a pipeline over a process table seeded from /proc, and
-    a stop flag for SIGINT/SIGTERM; everything undone on the way out."""
+def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int,
+             rules_paths: tuple[str, ...] = (), show_events: bool = True):
+    """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
+    and a stop flag for SIGINT/SIGTERM; everything undone on the way out."""
     from .probes import Probes  # noqa: PLC0415
     from .session import Pipeline, StopFlag  # noqa: PLC0415
 
+    engine = Engine(_load_rules(rules_paths).rules)  # before the BPF compile: a bad rule fails fast
     with ExitStack() as stack:
         writer = _writer(stack, fmt, output)
         try:
@@ -57,7 +74,7 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             )
         except ProbeError as exc:
             fail(f"{exc} (run `agentwatch doctor` for details)")
-        pipeline = Pipeline(probes, writer)
+        pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events)
         pipeline.table.seed_from_proc()
         stop = StopFlag()
         stack.callback(stop.restore)
@@ -76,6 +93,11 @@ format_option = click.option(
 )
 output_option = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Append records to FILE.")
 label_option = click.option("--label", "-l", "labels", multiple=True, metavar="K=V", help="Label the agent (repeatable).")
+rules_option = click.option(
+    "--rules", "rules_paths", multiple=True, metavar="PATH",
+    help="Rules file or directory of *.yaml (repeatable; default: the rules/ directory of agentwatch).",
+)
+events_option = click.option("--events", is_flag=True, help="Print every record too, not only alerts.")
 ringbuf_option = click.option(
     "--ringbuf-pages", default=1024, show_default=True, hidden=True,
     help="Ring buffer size in pages (power of two).",
@@ -93,10 +115,12 @@ def main() -> None:
 @output_option
 @click.option("--linger", type=float, default=2.0, show_default=True,
               help="Seconds to keep watching descendants that outlive the root.")
+@rules_option
+@events_option
 @ringbuf_option
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-def run(labels, fmt, output, linger, ringbuf_pages, ebpf, command):
+def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, ebpf, command):
     """Run COMMAND as an agent and report what its process tree does."""
     if ebpf:
         click.echo(program_text())
@@ -108,7 +132,7 @@ def run(labels, fmt, output, linger, ringbuf_pages, ebpf, command):
     from .session import run_agent  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with _session(fmt, output, False, ringbuf_pages) as (pipeline, stop):
+    with _session(fmt, output, False, ringbuf_pages, rules_paths, events) as (pipeline, stop):
         try:
             code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop)
         except LaunchError as exc:
@@ -125,8 +149,10 @@ def run(labels, fmt, output, linger, ringbuf_pages, ebpf, command):
 @label_option
 @format_option
 @output_option
+@rules_option
+@events_option
 @ringbuf_option
-def watch(pids, host_wide, duration, labels, fmt, output, ringbuf_pages):
+def watch(pids, host_wide, duration, labels, fmt, output, rules_paths, events, ringbuf_pages):
     """Trace existing processes and their descendants, or the whole host."""
     if not pids and not host_wide:
         fail("watch needs --pid PID (repeatable) or --all")
@@ -138,9 +164,105 @@ def watch(pids, host_wide, duration, labels, fmt, output, ringbuf_pages):
     from .session import watch as watch_loop  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with _session(fmt, output, host_wide, ringbuf_pages) as (pipeline, stop):
+    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events) as (pipeline, stop):
         code = watch_loop(pipeline, list(pids), label_map, duration, stop)
     sys.exit(code)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@rules_option
+@events_option
+@format_option
+@output_option
+def replay(file, rules_paths, events, fmt, output):
+    """Run the rules over recorded JSON lines (FILE, or - for stdin) and print the alerts.
+
+    Record with `agentwatch run --events -o FILE ...`. Time comes from the
+    records, so the same file always gives the same alerts.
+    """
+    from .replay import ReplayError, replay as replay_records  # noqa: PLC0415
+
+    engine = Engine(_load_rules(rules_paths).rules)
+    with ExitStack() as stack:
+        if file == "-":
+            stream = sys.stdin.buffer
+        else:
+            try:
+                stream = stack.enter_context(open(file, "rb"))
+            except OSError as exc:
+                fail(f"cannot open {file}: {exc.strerror}")
+        writer = _writer(stack, fmt, output)
+        try:
+            replay_records(stream, file, engine, writer, events)
+        except ReplayError as exc:
+            writer.flush()
+            fail(str(exc))
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
+
+
+@main.group()
+def rules():
+    """Check, list and test detection rules."""
+
+
+@rules.command()
+@rules_option
+def validate(rules_paths):
+    """Load the rules and run their examples; one line and exit code 2 at the first problem."""
+    ruleset = _load_rules(rules_paths)
+    enabled = sum(r.enabled for r in ruleset.rules)
+    click.echo(f"ok: {len(ruleset.rules)} rules ({enabled} enabled), {len(ruleset.macros)} macros, "
+               f"{len(ruleset.lists)} lists from {len(ruleset.files)} files")
+
+
+@rules.command(name="list")
+@rules_option
+def list_rules(rules_paths):
+    """One line per rule: id, severity, kind, record types, MITRE ids, title."""
+    ruleset = _load_rules(rules_paths, check_examples=False)
+    rows = [("RULE", "SEVERITY", "KIND", "EVENTS", "MITRE", "TITLE")]
+    for r in ruleset.rules:
+        title = r.title if r.enabled else f"{r.title} (disabled)"
+        rows.append((r.id, r.severity, r.kind, ",".join(r.all_events), ",".join(r.mitre) or "-", title))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
+@rules.command()
+@rules_option
+def test(rules_paths):
+    """Run every rule's examples; list the ones that fail (file:line) and exit 1 if any does."""
+    ruleset = _load_rules(rules_paths, check_examples=False)
+    failures: list[str] = []
+    examples = 0
+    for rule in ruleset.rules:
+        examples += len(rule.examples)
+        failures += rules_loader.run_examples(rule)
+    for line in failures:
+        click.echo(line)
+    untested = [r.id for r in ruleset.rules if not r.examples]
+    click.echo(f"{examples - len(failures)}/{examples} examples hold, {len(ruleset.rules)} rules"
+               + (f"; no examples: {', '.join(untested)}" if untested else ""))
+    sys.exit(1 if failures else 0)
+
+
+@rules.command()
+@click.option("--markdown", is_flag=True, help="As the Markdown table of docs/rules.md.")
+def fields(markdown):
+    """The fields conditions and output templates may use."""
+    from .rules import fields as rule_fields  # noqa: PLC0415
+
+    if markdown:
+        click.echo(rule_fields.markdown_table(), nl=False)
+        return
+    width = max(len(f.name) for f in rule_fields.FIELDS.values())
+    for f in rule_fields.FIELDS.values():
+        click.echo(f"{f.name.ljust(width)}  {f.type.ljust(9)}  {f.source.replace('`', '')}")
 
 
 @main.command()

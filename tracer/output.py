@@ -1,7 +1,9 @@
 """Output sinks: JSON lines for machines, a live table for people.
 
 Both take records from tracer.records, whose strings are already safe to
-print (no control characters), so neither can be made to forge a line.
+print (no control characters), so neither can be made to forge a line. The
+table escapes its cells once more, for records replayed from a file that
+agentwatch did not write.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import shlex
 from typing import BinaryIO, Protocol
 
 import orjson
+
+from .records import safe_text
 
 
 class Writer(Protocol):
@@ -34,6 +38,9 @@ COLUMNS = [("TIME", 13), ("AGENT", 19), ("PID", 8), ("PPID", 8), ("COMM", 16), (
 
 def _detail(rec: dict) -> str:
     kind = rec.get("type")
+    if rec.get("kind") == "alert":
+        mitre = ",".join(rec.get("mitre") or [])
+        return f"{rec['severity'].upper()} {rec['rule']}{f' [{mitre}]' if mitre else ''}: {rec['message']}"
     if rec.get("kind") == "status":
         extra = {k: v for k, v in rec.items() if k not in ("kind", "status", "time", "agent")}
         return f"{rec['status']} {orjson.dumps(extra).decode()}"
@@ -74,7 +81,7 @@ class TableWriter:
     def _row(cells: list[str]) -> str:
         parts = []
         for (_, width), cell in zip(COLUMNS, cells):
-            cell = str(cell)
+            cell = safe_text(str(cell).encode("utf-8", "surrogatepass"))
             if width:
                 # A longer value (a user-chosen agent id) is cut, keeping one space.
                 cell = cell[: width - 1].ljust(width)
@@ -90,7 +97,7 @@ class TableWriter:
             proc.get("pid", "-"),
             proc.get("ppid", "-"),
             proc.get("comm", "-"),
-            record.get("type") or record.get("kind"),
+            "ALERT" if record.get("kind") == "alert" else record.get("type") or record.get("kind"),
             _detail(record),
         ]
         self.stream.write(self._row(cells).encode() + b"\n")

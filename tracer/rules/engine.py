@@ -179,8 +179,9 @@ class Sequence:
     """Steps in order, within `within` seconds of the first, for one process, lineage or agent.
 
     Per key and stage only the most recent partial match is kept. A record
-    advances at most one partial match per stage, higher stages first, so one
-    record never counts as two steps. With `by: lineage` the key is the
+    advances at most one partial match per stage, higher stages first, and a
+    record that advances one does not also start a new one: one record is
+    never two steps. With `by: lineage` the key is the
     process of the first step, and a later step may come from it or from any
     process whose ancestry (as recorded at fork) holds its pid.
     """
@@ -234,8 +235,11 @@ class Sequence:
             return None
         fired = None
         anchors = None
+        used = False  # a record that continues a match does not also start one
         for k in reversed(matched):
             if k == 0:
+                if used:
+                    continue
                 skey, ident = self._start_key(rec)
                 if skey is None:
                     continue
@@ -261,6 +265,7 @@ class Sequence:
                 if now - start > self.within:
                     continue
                 evidence = evidence + (rec,)
+                used = True
                 if k + 1 == self.n:
                     if fired is None:
                         fired = (self.index, alert_record(self.rule, list(evidence)))

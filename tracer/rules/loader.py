@@ -841,10 +841,10 @@ def example_record(partial: dict, default_type: str, index: int) -> dict:
         rec["network"] = {
             "family": "ipv6" if isinstance(daddr, str) and ":" in daddr else "ipv4",
             "protocol": "udp" if t == "dns" else "tcp",
-            "saddr": None, "sport": None, "v4_mapped": False, "result": "ok", "retval": 0,
+            "saddr": None, "sport": None, "v4_mapped": False, "result": "ok", "retval": 0, "allowlisted": False,
         }
     if t == "send" and isinstance(partial.get("payload"), dict) and "text" in partial["payload"]:
-        rec["payload"] = {"length": len(str(partial["payload"]["text"]))}
+        rec["payload"] = {"length": len(str(partial["payload"]["text"])), "truncated": False}
     if t == "dns":
         rec["dns"] = {"qtype": "A"}
     if t == "connection":

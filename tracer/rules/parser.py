@@ -13,7 +13,9 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# Scalars kept as their text: a time as in records, and a bare `=` (which
+# YAML 1.1 resolves to its "value" tag) as Falco users write in `comps: [=]`.
+_AS_TEXT = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
 
 
 class RulesError(Exception):
@@ -76,8 +78,8 @@ class _Converter:
             out.where = Where(self.file, node.start_mark.line + 1)
             out.item_line = [n.start_mark.line + 1 for n in node.value]
             return out
-        if node.tag == _TIMESTAMP:
-            return node.value  # an RFC 3339 time stays text, as in records
+        if node.tag in _AS_TEXT:
+            return node.value
         try:
             return self.ctor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
