@@ -67,8 +67,11 @@ apt_install() {
 }
 
 # --- 1. packages ------------------------------------------------------------
+# The second line is what the scenario tests and the demo run as real tools (a real sshd,
+# autossh, ncat -e, socat relays, git, curl).
 REQUIRED=(python3-bpfcc python3-venv python3-pip iproute2 socat openssh-server
-          openssh-client netcat-openbsd gcc libc6-dev make kmod procps "${EXTRA_PKGS[@]}")
+          openssh-client netcat-openbsd gcc libc6-dev make kmod procps "${EXTRA_PKGS[@]}"
+          autossh ncat git curl)
 missing=()
 for p in "${REQUIRED[@]}"; do is_installed "$p" || missing+=("$p"); done
 
