@@ -49,14 +49,41 @@ EVENT_FORK = _D["AW_EVENT_FORK"]
 EVENT_EXEC = _D["AW_EVENT_EXEC"]
 EVENT_EXIT = _D["AW_EVENT_EXIT"]
 EVENT_CONNECT = _D["AW_EVENT_CONNECT"]
+EVENT_SEND = _D["AW_EVENT_SEND"]
+EVENT_CONN = _D["AW_EVENT_CONN"]
 EVENT_TYPES = _D["AW_EVENT_TYPES"]
-EVENT_NAMES = {EVENT_FORK: "fork", EVENT_EXEC: "exec", EVENT_EXIT: "exit", EVENT_CONNECT: "connect"}
+EVENT_NAMES = {
+    EVENT_FORK: "fork",
+    EVENT_EXEC: "exec",
+    EVENT_EXIT: "exit",
+    EVENT_CONNECT: "connect",
+    EVENT_SEND: "send",
+    EVENT_CONN: "connection",
+}
 
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
 EXEC_FILENAME_TRUNCATED = _D["AW_EXEC_FILENAME_TRUNCATED"]
 EXEC_EXECVEAT = _D["AW_EXEC_EXECVEAT"]
 EXEC_ARGV_FAULT = _D["AW_EXEC_ARGV_FAULT"]
 CONNECT_NO_SOCKET = _D["AW_CONNECT_NO_SOCKET"]
+
+PAYLOAD_BYTES = _D["AW_PAYLOAD_BYTES"]
+PAYLOAD_BUF = _D["AW_PAYLOAD_BUF"]
+PAYLOAD_IOVECS = _D["AW_PAYLOAD_IOVECS"]
+VIA_NAMES = {
+    _D["AW_VIA_WRITE"]: "write",
+    _D["AW_VIA_WRITEV"]: "writev",
+    _D["AW_VIA_SENDTO"]: "sendto",
+    _D["AW_VIA_SENDMSG"]: "sendmsg",
+    _D["AW_VIA_SENDMMSG"]: "sendmmsg",
+}
+SEND_UNCONNECTED = _D["AW_SEND_UNCONNECTED"]
+SEND_FAULT = _D["AW_SEND_FAULT"]
+SEND_MORE_IOVECS = _D["AW_SEND_MORE_IOVECS"]
+CONN_ESTABLISHED = _D["AW_CONN_ESTABLISHED"]
+CONN_CLOSED = _D["AW_CONN_CLOSED"]
+CONN_FAILED = _D["AW_CONN_FAILED"]
+CONN_STATES = {CONN_ESTABLISHED: "established", CONN_CLOSED: "closed", CONN_FAILED: "failed"}
 
 STAT_THREADS = _D["AW_STAT_THREADS"]
 STAT_EXEC_PENDING_FULL = _D["AW_STAT_EXEC_PENDING_FULL"]
@@ -126,6 +153,67 @@ class RawConnect(ct.Structure):
         ("_pad", u32),
         ("saddr", u8 * 16),
         ("daddr", u8 * 16),
+        ("sock_cookie", u64),
+    ]
+
+
+class RawSend(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("sock_cookie", u64),
+        ("saddr", u8 * 16),
+        ("daddr", u8 * 16),
+        ("fd", u32),
+        ("total", u32),
+        ("captured", u32),
+        ("flags", u32),
+        ("via", u16),
+        ("family", u16),
+        ("protocol", u16),
+        ("sock_type", u16),
+        ("sport", u16),
+        ("dport", u16),
+        ("_pad", u32),
+        ("data", u8 * PAYLOAD_BUF),
+    ]
+
+
+class RawConn(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("sock_cookie", u64),
+        ("duration_ns", u64),
+        ("saddr", u8 * 16),
+        ("daddr", u8 * 16),
+        ("state", u16),
+        ("family", u16),
+        ("protocol", u16),
+        ("sport", u16),
+        ("dport", u16),
+        ("oldstate", u16),
+        ("_pad", u32),
+    ]
+
+
+# GPU (bpf/gpu.bpf.c): map keys userland reads, and the record; tracer/gpu.py names their values.
+class RawGpuFdKey(ct.Structure):
+    _fields_ = [("tgid", u32), ("fd", u32)]
+
+
+class RawGpuCountKey(ct.Structure):
+    _fields_ = [("tgid", u32), ("devclass", u16), ("op", u16), ("detail", u32)]
+
+
+class RawGpu(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("kind", u32),
+        ("fd", u32),
+        ("devclass", u32),
+        ("op", u32),
+        ("detail", u32),
+        ("_pad", u32),
+        ("value", u64),
     ]
 
 
@@ -136,16 +224,30 @@ MIRRORS = {
     "aw_exec": RawExec,
     "aw_exit": RawExit,
     "aw_connect": RawConnect,
+    "aw_send": RawSend,
+    "aw_conn": RawConn,
+    "aw_gpu_fd_key": RawGpuFdKey,
+    "aw_gpu_count_key": RawGpuCountKey,
+    "aw_gpu": RawGpu,
 }
+# Of those, the ones that are map keys, not ring buffer records: they carry no header.
+MAP_KEYS = {"aw_gpu_fd_key", "aw_gpu_count_key"}
 
 HEADER_SIZE = ct.sizeof(RawHeader)
 EXEC_FIXED_SIZE = RawExec.argv.offset
+SEND_FIXED_SIZE = RawSend.data.offset
 
 
 class _RawExecHead(ct.Structure):
     """RawExec without argv: the fixed part every exec record carries."""
 
     _fields_ = RawExec._fields_[:-1]
+
+
+class _RawSendHead(ct.Structure):
+    """RawSend without data: the fixed part every send record carries."""
+
+    _fields_ = RawSend._fields_[:-1]
 
 
 class DecodeError(ValueError):
@@ -209,6 +311,45 @@ class ConnectEvent(Event):
     dport: int
     saddr: bytes
     daddr: bytes
+    sock_cookie: int = 0  # the struct sock: joins send and connection records; never printed
+
+
+@dataclass(slots=True)
+class SendEvent(Event):
+    sock_cookie: int
+    saddr: bytes
+    daddr: bytes
+    fd: int
+    total: int  # bytes the call asked to send
+    captured: int
+    flags: int
+    via: int
+    family: int
+    protocol: int
+    sock_type: int
+    sport: int
+    dport: int
+    data: bytes  # the first `captured` bytes
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.captured or bool(self.flags & SEND_MORE_IOVECS)
+
+
+@dataclass(slots=True)
+class ConnEvent(Event):
+    """A TCP state change; the header is the connecting process at SYN_SENT."""
+
+    sock_cookie: int
+    duration_ns: int
+    saddr: bytes
+    daddr: bytes
+    state: int
+    family: int
+    protocol: int
+    sport: int
+    dport: int
+    oldstate: int
 
 
 def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
@@ -245,7 +386,19 @@ _FORK = _struct_of(RawFork)
 _EXEC_HEAD = _struct_of(_RawExecHead)
 _EXIT = _struct_of(RawExit)
 _CONNECT = _struct_of(RawConnect)
+_SEND_HEAD = _struct_of(_RawSendHead)
+_CONN = _struct_of(RawConn)
 _HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
+
+
+_LAYOUTS = {
+    EVENT_FORK: _FORK,
+    EVENT_EXEC: _EXEC_HEAD,
+    EVENT_EXIT: _EXIT,
+    EVENT_CONNECT: _CONNECT,
+    EVENT_SEND: _SEND_HEAD,
+    EVENT_CONN: _CONN,
+}
 
 
 def _cstr(raw: bytes) -> bytes:
@@ -257,7 +410,7 @@ def decode(raw: bytes) -> Event:
     if len(raw) < HEADER_SIZE:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than the header")
     kind = int.from_bytes(raw[:4], "little")
-    layout = {EVENT_FORK: _FORK, EVENT_EXEC: _EXEC_HEAD, EVENT_EXIT: _EXIT, EVENT_CONNECT: _CONNECT}.get(kind)
+    layout = _LAYOUTS.get(kind)
     if layout is None:
         raise DecodeError(f"unknown record type {kind}")
     if len(raw) < layout.size:
@@ -269,6 +422,13 @@ def decode(raw: bytes) -> Event:
     rest = v[_HEADER_FIELDS + 1 :]
     if kind == EVENT_CONNECT:
         return ConnectEvent(*head, *rest)
+    if kind == EVENT_SEND:
+        captured = rest[5]
+        if captured > PAYLOAD_BYTES or SEND_FIXED_SIZE + captured != len(raw):
+            raise DecodeError(f"send record of {len(raw)} bytes with {captured} bytes of data")
+        return SendEvent(*head, *rest, raw[SEND_FIXED_SIZE:])
+    if kind == EVENT_CONN:
+        return ConnEvent(*head, *rest)
     if kind == EVENT_EXEC:
         retval, flags, _argc, argv_size, filename = rest
         if EXEC_FIXED_SIZE + argv_size != len(raw):

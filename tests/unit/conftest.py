@@ -105,6 +105,7 @@ class RawRecords:
         retval: int = 0,
         fd: int = 3,
         flags: int = 0,
+        sock_cookie: int = 0,
         **hdr,
     ) -> bytes:
         r = events.RawConnect()
@@ -119,6 +120,75 @@ class RawRecords:
         r.dport = dport
         ct.memmove(r.saddr, saddr, len(saddr))
         ct.memmove(r.daddr, daddr, len(daddr))
+        r.sock_cookie = sock_cookie
+        return bytes(r)
+
+    @classmethod
+    def send(
+        cls,
+        *,
+        family: int,
+        daddr: bytes,
+        dport: int,
+        data: bytes = b"",
+        total: int | None = None,
+        saddr: bytes = b"",
+        sport: int = 0,
+        protocol: int = 6,
+        sock_type: int = 1,
+        fd: int = 3,
+        flags: int = 0,
+        via: int = 1,
+        sock_cookie: int = 0,
+        **hdr,
+    ) -> bytes:
+        """Emitted like the kernel: size = offsetof(struct aw_send, data) + captured."""
+        r = events.RawSend()
+        size = events.SEND_FIXED_SIZE + len(data)
+        r.hdr = cls.header(events.EVENT_SEND, size=size, **hdr)
+        r.sock_cookie = sock_cookie
+        ct.memmove(r.saddr, saddr, len(saddr))
+        ct.memmove(r.daddr, daddr, len(daddr))
+        r.fd = fd
+        r.total = len(data) if total is None else total
+        r.captured = len(data)
+        r.flags = flags
+        r.via = via
+        r.family = family
+        r.protocol = protocol
+        r.sock_type = sock_type
+        r.sport = sport
+        r.dport = dport
+        ct.memmove(ct.addressof(r) + events.SEND_FIXED_SIZE, data, len(data))
+        return bytes(r)[:size]
+
+    @classmethod
+    def conn(
+        cls,
+        *,
+        state: int,
+        family: int,
+        daddr: bytes,
+        dport: int,
+        saddr: bytes = b"",
+        sport: int = 0,
+        duration_ns: int = 0,
+        oldstate: int = 2,
+        sock_cookie: int = 0,
+        **hdr,
+    ) -> bytes:
+        r = events.RawConn()
+        r.hdr = cls.header(events.EVENT_CONN, size=ct.sizeof(r), **hdr)
+        r.sock_cookie = sock_cookie
+        r.duration_ns = duration_ns
+        ct.memmove(r.saddr, saddr, len(saddr))
+        ct.memmove(r.daddr, daddr, len(daddr))
+        r.state = state
+        r.family = family
+        r.protocol = 6
+        r.sport = sport
+        r.dport = dport
+        r.oldstate = oldstate
         return bytes(r)
 
 

@@ -273,3 +273,64 @@ def test_exec_shorter_than_its_fixed_part(raw):
         decode(rec[: events.EXEC_FIXED_SIZE - 1])
     with pytest.raises(DecodeError):
         decode(rec[: events.HEADER_SIZE])
+
+
+# --------------------------------------------------------------------------
+# send and connection records.
+
+
+def test_connect_carries_its_socket(raw):
+    ev = decode(raw.connect(family=socket.AF_INET, daddr=bytes([1, 2, 3, 4]), dport=443, sock_cookie=2**64 - 8, **HDR))
+    assert ev.sock_cookie == 2**64 - 8
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"SSH-2.0-test\r\n", bytes(range(256)) * 2], ids=["none", "one", "ssh", "cap"])
+def test_send_variable_length_data(raw, data):
+    rec = raw.send(family=socket.AF_INET, daddr=bytes([1, 2, 3, 4]), saddr=bytes([10, 0, 0, 2]), dport=22,
+                   sport=40000, data=data, total=len(data) + 7, sock_cookie=99, **HDR)
+    assert len(rec) == events.SEND_FIXED_SIZE + len(data)
+    ev = decode(rec)
+    assert isinstance(ev, events.SendEvent)
+    assert_header(ev, "send")
+    assert ev.data == data and ev.captured == len(data) and ev.total == len(data) + 7
+    assert (ev.family, ev.dport, ev.sport, ev.sock_cookie, ev.fd) == (socket.AF_INET, 22, 40000, 99, 3)
+    assert ev.daddr == bytes([1, 2, 3, 4]).ljust(16, b"\0")
+    assert ev.truncated
+
+
+def test_send_truncated_only_past_what_was_captured(raw):
+    ev = decode(raw.send(family=socket.AF_INET, daddr=b"\1\2\3\4", dport=80, data=b"abc", **HDR))
+    assert not ev.truncated
+    ev = decode(raw.send(family=socket.AF_INET, daddr=b"\1\2\3\4", dport=80, data=b"abc",
+                         flags=events.SEND_MORE_IOVECS, **HDR))
+    assert ev.truncated, "more iovecs than gathered: the total is not known"
+
+
+def test_send_record_must_end_with_its_data(raw):
+    rec = raw.send(family=socket.AF_INET, daddr=b"\1\2\3\4", dport=80, data=b"abc", **HDR)
+    with pytest.raises(DecodeError, match="send record"):
+        decode(rec + b"x")
+    with pytest.raises(DecodeError):
+        decode(rec[:-1])
+    with pytest.raises(DecodeError, match="want at least"):
+        decode(rec[: events.SEND_FIXED_SIZE - 1])
+
+
+def test_send_data_past_the_cap_is_refused(raw):
+    data = b"y" * (events.PAYLOAD_BYTES + 1)
+    with pytest.raises(DecodeError, match=f"with {len(data)} bytes of data"):
+        decode(raw.send(family=socket.AF_INET, daddr=b"\1\2\3\4", dport=80, data=data, **HDR))
+
+
+def test_connection(raw):
+    ev = decode(raw.conn(state=events.CONN_CLOSED, family=socket.AF_INET6, daddr=_v6("2001:db8::1"),
+                         saddr=_v6("2001:db8::2"), sport=5555, dport=443, duration_ns=1_500_000_000,
+                         oldstate=5, sock_cookie=12345, **HDR))
+    assert isinstance(ev, events.ConnEvent)
+    assert_header(ev, "connection")
+    assert (ev.state, ev.family, ev.protocol, ev.sport, ev.dport) == (events.CONN_CLOSED, socket.AF_INET6, 6, 5555, 443)
+    assert (ev.duration_ns, ev.oldstate, ev.sock_cookie) == (1_500_000_000, 5, 12345)
+    assert ev.daddr == _v6("2001:db8::1")
+    rec = raw.conn(state=events.CONN_FAILED, family=socket.AF_INET, daddr=b"\1\2\3\4", dport=1, **HDR)
+    with pytest.raises(DecodeError):
+        decode(rec[:-1])

@@ -224,7 +224,7 @@ def test_every_c_struct_has_a_mirror_and_hdr_comes_first():
     members = c_struct_members(events.EVENTS_H)
     assert set(members) == set(events.MIRRORS)
     for sname, cls in events.MIRRORS.items():
-        if sname != "aw_header":
+        if sname != "aw_header" and sname not in events.MAP_KEYS:
             assert cls._fields_[0] == ("hdr", events.RawHeader)
             assert members[sname][0] == "hdr"
 
@@ -277,7 +277,8 @@ DRIFTS = [
         id="C-only field in the common header",
     ),
     pytest.param(
-        _replace("__u16 dport;", "__u32 dport;"),
+        _replace("__u16 dport;        /* host order */\n\t__u32 _pad;\n\t__u8 saddr[16];",
+                 "__u32 dport;        /* host order */\n\t__u32 _pad;\n\t__u8 saddr[16];"),
         ["sizeof(aw_connect.dport): C says 4, Python says 2", "offsetof(struct aw_connect, _pad)"],
         id="field widened in C",
     ),
@@ -313,7 +314,7 @@ DRIFTS = [
         id="define the Python reader does not see",
     ),
     pytest.param(
-        _replace("#define AW_EVENT_TYPES 5", "#define AW_EVENT_TYPES (AW_EVENT_CONNECT + 1)"),
+        _replace("#define AW_EVENT_TYPES 7", "#define AW_EVENT_TYPES (AW_EVENT_CONN + 1)"),
         ["read_defines cannot read the header"],
         id="define the Python reader cannot evaluate",
     ),
