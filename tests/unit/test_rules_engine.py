@@ -119,25 +119,69 @@ def test_exceptions_suppress_matching_records():
     assert fired(eng, conn("192.168.1.1", "git")) == ["by-port"]
 
 
-def test_guarded_and_unguarded_rules_give_the_same_answers():
-    text = """
-- rule: guarded
+INDEXED = """
+- list: tools
+  items: [chisel, frpc]
+- rule: eq-or
   severity: low
   events: [exec]
   condition: (proc.name = a or proc.name in (b, c)) and proc.uid = 0
+- rule: two-fields
+  severity: low
+  events: [exec]
+  condition: proc.name in tools or proc.exe_name in tools
 - rule: unguarded
   severity: low
   events: [exec]
-  condition: proc.name = a or proc.uid = 0
+  condition: proc.name = a or not proc.uid = 0
+- rule: regex-literal
+  severity: low
+  events: [exec]
+  condition: proc.cmdline regex '(?i)stratum[0-9]?\\+(tcp|ssl)://'
+- rule: args-literal
+  severity: low
+  events: [exec]
+  condition: proc.args startswith (--donate-level, --cpu-priority) and not proc.name = a
+- rule: icontains-literal
+  severity: low
+  events: [exec]
+  condition: proc.cmdline icontains RemoteForward
+- rule: glob-literal
+  severity: low
+  events: [exec]
+  condition: "proc.args glob 'R:*:*' or proc.exe endswith /frpc"
+- rule: bool
+  severity: low
+  events: [exec]
+  condition: proc.detached and proc.name = sh
 """
-    eng = engine(text)
-    guarded = next(r for r in eng.rules if r.id == "guarded")
-    assert guarded.guard == ("proc.name", frozenset("abc"))
-    for name in "abcd":
-        for uid in (0, 1):
-            r = rec(process={"comm": name, "uid": uid})
-            expect = [rid for rid, rule in (("guarded", guarded), ("unguarded", eng.rules[1])) if rule.match(r)]
-            assert fired(eng, r) == expect
+
+ARGVS = [["a"], ["b", "x"], ["chisel", "client", "R:80:localhost:8080"], ["/opt/frpc", "-c", "f.toml"],
+         ["xmrig", "-o", "STRATUM+TCP://pool:3333"], ["xmrig", "-o", "\u017ftratum+tcp://p"], ["x", "--donate-level=1"],
+         ["ssh", "-o", "remoteforward=1 2"], ["ssh", "-o", "RemoteForwarD=x", "\u00e9"], ["sh", "-c", "true"],
+         ["a", "--cpu-priority", "5"], ["python3", "-c", "print(1)"]]
+
+
+def test_the_index_never_changes_an_answer():
+    """Every record gets exactly the alerts of testing every rule on it (guards only skip work)."""
+    eng = engine(INDEXED)
+    ids = {r.id: r for r in eng.rules}
+    assert ids["eq-or"].guard == (("eq", "proc.name", frozenset("abc")),)
+    assert ids["two-fields"].guard == (("eq", "proc.name", frozenset({"chisel", "frpc"})),
+                                       ("eq", "proc.exe_name", frozenset({"chisel", "frpc"})))
+    assert ids["unguarded"].guard is None
+    assert ids["regex-literal"].guard == (("sub", "proc.cmdline", frozenset({"stratum"})),)
+    assert ids["args-literal"].guard == (("sub", "proc.cmdline", frozenset({"--donate-level", "--cpu-priority"})),)
+    assert ids["icontains-literal"].guard == (("sub", "proc.cmdline", frozenset({"remoteforward"})),)
+    seen = set()
+    for argv in ARGVS:
+        for uid in (0, 1000):
+            for ancestry, ppid in (([], 1), ([{"pid": 5}], 5), ([{"pid": 5}], 1)):
+                r = rec(process={"argv": argv, "uid": uid, "ancestry": ancestry, "ppid": ppid})
+                expect = [rule.id for rule in eng.rules if rule.match(r)]
+                assert fired(eng, r) == expect, argv
+                seen.update(expect)
+    assert seen == set(ids)  # every rule fired at least once
 
 
 def test_records_without_a_kind_or_type_are_ignored():
@@ -403,3 +447,31 @@ def test_records_without_time_skip_stateful_rules(kind):
     r = conn(0)
     del r["time"]
     assert eng.evaluate(r) == []
+
+
+@pytest.mark.parametrize("pattern, literals", [
+    (r"(?i)stratum[0-9]?\+(tcp|udp)://", {"stratum"}),
+    (r"(^| )(-e|--exec)( |$)", {"-e", "--exec"}),
+    (r"(-e|x)y", None),  # a one-character branch: no literal every match holds
+    (r"ab?cd", {"cd"}),
+    (r"(abc)?def", {"def"}),
+    (r"(?:abc)+x", {"abc"}),
+    (r"x*yz{0,3}", None),
+    (r"caf\u00e9s", None),  # not ASCII: case folding beyond ASCII is not lower()
+    (r"[0-9]+\.[0-9]+", None),
+    (r"(?=abc)d", None),
+])
+def test_required_literals_of_a_regex(pattern, literals):
+    from tracer.rules.compiler import _regex_literals
+
+    got = _regex_literals(pattern)
+    assert (set(got) if got is not None else None) == literals
+
+
+@pytest.mark.parametrize("pattern, literal", [
+    ("R:*:*", "R:"), ("*[abc]tunnel?x", "tunnel"), ("/usr/*/ss?", "/usr/"), ("*", None), ("[x", "[x"),
+])
+def test_longest_fixed_run_of_a_glob(pattern, literal):
+    from tracer.rules.compiler import _glob_literal
+
+    assert _glob_literal(pattern) == literal

@@ -42,7 +42,7 @@ def test_fixture_loads_and_its_examples_hold():
     assert ssh.tags == ("tunnel", "T1572") and ssh.mitre == ("T1572",)
     assert ssh.severity == "high" and ssh.action == "none" and ssh.enabled
     assert rule_of(ruleset, "tunnel-tool").action == "kill_process"
-    assert rule_of(ruleset, "tunnel-tool").guard == ("proc.name", frozenset({"chisel", "frpc", "ngrok"}))
+    assert rule_of(ruleset, "tunnel-tool").guard == (("eq", "proc.name", frozenset({"chisel", "frpc", "ngrok"})),)
     assert all(run_examples(r) == [] for r in ruleset.rules)
 
 

@@ -18,6 +18,12 @@ import fnmatch
 import ipaddress
 import re
 import socket
+
+try:  # the regular expression parser, to find the literals a regex needs (guards)
+    from re import _constants as _C, _parser as _sre
+except ImportError:  # Python < 3.11
+    import sre_constants as _C  # noqa: N812
+    import sre_parse as _sre
 from typing import Callable
 
 from . import fields as F
@@ -232,31 +238,153 @@ class Compiler:
     # ----------------------------------------------------------------------
     # Guards.
 
-    def guard(self, node) -> tuple[str, frozenset] | None:
-        """(field name, values) such that the condition implies field in values."""
+    def guard(self, node) -> Guard | None:
+        """Alternatives, one of which holds whenever the condition does; None if none is known.
+
+        An alternative is ("eq", field, values): the field's value is one of
+        the values; or ("sub", field, literals): the field's text, lowercased,
+        contains one of the literals (lowercase ASCII, two characters or more).
+        A text operator on proc.args gives a "sub" alternative on proc.cmdline,
+        which holds every argument.
+        """
         if isinstance(node, Compare):
-            if node.field.type in (F.LIST, F.FLOAT):
-                return None
-            if node.op == "=" or node.op == "in":
-                return node.field.name, frozenset(self.values(node))
-            return None
+            return self._compare_guard(node)
+        if isinstance(node, BoolTest):
+            return (("eq", node.field.name, frozenset([True])),)
         if isinstance(node, And):
             found = [g for g in (self.guard(i) for i in node.items) if g is not None]
-            if not found:
-                return None
-            return min(found, key=lambda g: (_GUARD_RANK.get(g[0], len(_GUARD_RANK)), len(g[1])))
+            return min(found, key=_guard_cost) if found else None
         if isinstance(node, Or):
             found = [self.guard(i) for i in node.items]
-            if any(g is None for g in found) or len({g[0] for g in found}) != 1:
+            if any(g is None for g in found):
                 return None
-            return found[0][0], frozenset().union(*(g[1] for g in found))
+            merged: dict[tuple[str, str], set] = {}
+            for g in found:
+                for kind, name, values in g:
+                    merged.setdefault((kind, name), set()).update(values)
+            return tuple((kind, name, frozenset(values)) for (kind, name), values in merged.items())
         return None
 
+    def _compare_guard(self, node: Compare) -> Guard | None:
+        fld, op = node.field, node.op
+        if fld.type not in (F.LIST, F.FLOAT) and op in ("=", "in"):
+            return (("eq", fld.name, frozenset(self.values(node))),)
+        if fld.type == F.LIST:
+            if fld.name != "proc.args":
+                return None
+            target = "proc.cmdline"
+        elif fld.type in (F.STR, F.ADDR):
+            target = fld.name
+        else:
+            return None
+        vals = self.values(node)
+        if op in ("=", "in", "contains", "icontains", "startswith", "endswith"):
+            lits = [v for v in vals]
+        elif op == "glob":
+            lits = [_glob_literal(v) for v in vals]
+        elif op == "regex":
+            found = [_regex_literals(p.pattern) for p in vals]
+            if any(f is None for f in found):
+                return None
+            lits = [lit for f in found for lit in f]
+        else:
+            return None
+        if not lits or any(lit is None or len(lit) < 2 or not lit.isascii() for lit in lits):
+            return None
+        return (("sub", target, frozenset(lit.lower() for lit in lits)),)
 
-# Fields a guard prefers: what distinguishes records best and costs least to read.
-_GUARD_RANK = {name: i for i, name in enumerate(
-    ["proc.name", "proc.exe_name", "proc.exe", "net.dport", "status.name", "dns.qtype", "conn.state"]
-)}
+
+Guard = tuple  # of ("eq" | "sub", field name, frozenset)
+
+
+def _guard_cost(guard: Guard) -> float:
+    """Cheaper and more selective guards first: a dict lookup beats a substring scan."""
+    cost = 0.0
+    for kind, _name, values in guard:
+        if kind == "eq":
+            cost += 1
+        else:
+            cost += 4 + 0.1 * len(values) + (4 if min(len(v) for v in values) < 4 else 0)
+    return cost
+
+
+def _glob_literal(pattern: str) -> str | None:
+    """The longest fixed run of a glob: every run must appear in a match."""
+    runs, run, i = [], [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c in "*?":
+            runs.append("".join(run))
+            run = []
+        elif c == "[":
+            runs.append("".join(run))
+            run = []
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                run.append(c)  # fnmatch reads an unclosed [ as itself
+            else:
+                i = end
+        else:
+            run.append(c)
+        i += 1
+    runs.append("".join(run))
+    best = max(runs, key=len)
+    return best or None
+
+
+def _regex_literals(pattern: str) -> frozenset | None:
+    """Literals one of which every match of the regex contains, or None (see _required)."""
+    try:
+        tree = _sre.parse(pattern)
+    except Exception:  # noqa: BLE001  (it compiled already; any surprise only means no guard)
+        return None
+    return _required(tree)
+
+
+def _leading(seq) -> str:
+    """The literal text a regex sequence starts with."""
+    out = []
+    for op, av in seq:
+        if op is not _C.LITERAL:
+            break
+        out.append(chr(av))
+    return "".join(out)
+
+
+def _required(seq) -> frozenset | None:
+    best: frozenset | None = None
+    run: list[str] = []
+
+    def consider(cand: frozenset | None) -> None:
+        nonlocal best
+        if not cand or any(len(c) < 2 or not c.isascii() for c in cand):
+            return
+        if best is None or (min(map(len, cand)), -len(cand)) > (min(map(len, best)), -len(best)):
+            best = cand
+
+    for op, av in seq:
+        if op is _C.LITERAL:
+            run.append(chr(av))
+            continue
+        if op is _C.BRANCH and run:
+            # The parser moves a prefix common to all branches out in front: (-e|--exec) is
+            # "-" then (e|-exec). Put it back on each branch's leading literal.
+            prefix = "".join(run)
+            consider(frozenset(prefix + _leading(b) for b in av[1]))
+        consider(frozenset(["".join(run)]))
+        run = []
+        if op is _C.SUBPATTERN:
+            consider(_required(av[-1]))
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, getattr(_C, "POSSESSIVE_REPEAT", None)) and av[0] >= 1:
+            consider(_required(av[2]))
+        elif op is getattr(_C, "ATOMIC_GROUP", None):
+            consider(_required(av))
+        elif op is _C.BRANCH:
+            subs = [_required(b) for b in av[1]]
+            if all(subs):
+                consider(frozenset().union(*subs))
+    consider(frozenset(["".join(run)]))
+    return best
 
 
 def _a(t: str) -> str:
@@ -299,27 +427,32 @@ def _any(fs: list[Predicate]) -> Predicate:
 
 
 def _text_matcher(op: str, vals: list) -> Callable[[str], object]:
-    """For a text operator and its values, a function of one string that is truthy on a match."""
+    """For a text operator and its values, a function of one string: a Match (or True) on a match, else None."""
     if op == "contains":
-        if len(vals) == 1:
-            v = vals[0]
-            return lambda x: v in x
         return re.compile("|".join(re.escape(v) for v in vals)).search
     if op == "icontains":
         return re.compile("|".join(re.escape(v) for v in vals), re.IGNORECASE).search
     if op == "startswith":
         t = tuple(vals)
-        return lambda x: x.startswith(t)
+        return lambda x: True if x.startswith(t) else None
     if op == "endswith":
         t = tuple(vals)
-        return lambda x: x.endswith(t)
+        return lambda x: True if x.endswith(t) else None
     if op == "glob":
         return re.compile("|".join(f"(?:{fnmatch.translate(v)})" for v in vals)).match
     if op == "regex":
         if len(vals) == 1:
             return vals[0].search
-        pats = tuple(p.search for p in vals)
-        return lambda x: any(s(x) for s in pats)
+        searches = tuple(p.search for p in vals)
+
+        def any_search(x):
+            for search in searches:
+                m = search(x)
+                if m is not None:
+                    return m
+            return None
+
+        return any_search
     raise ValueError(op)
 
 
@@ -374,11 +507,42 @@ def _scalar_compare(get, op: str, vals: list) -> Predicate:
     if op == "in":
         s = frozenset(vals)
         return lambda r: get(r) in s
-    match = _cidr_matcher(vals) if op == "cidr" else _text_matcher(op, vals)
+    # The common text operators inline, without a call per test.
+    if op == "contains" and len(vals) == 1:
+        v = vals[0]
+
+        def contains(r):
+            x = get(r)
+            return x is not None and v in x
+
+        return contains
+    if op in ("startswith", "endswith"):
+        t = tuple(vals)
+        if op == "startswith":
+            def prefix(r):
+                x = get(r)
+                return x is not None and x.startswith(t)
+
+            return prefix
+
+        def suffix(r):
+            x = get(r)
+            return x is not None and x.endswith(t)
+
+        return suffix
+    if op == "cidr":
+        inside = _cidr_matcher(vals)
+
+        def cidr(r):
+            x = get(r)
+            return x is not None and inside(x)
+
+        return cidr
+    search = _text_matcher(op, vals)  # a regular expression's search or match: a Match or None
 
     def text(r):
         x = get(r)
-        return x is not None and bool(match(x))
+        return x is not None and search(x) is not None
 
     return text
 
@@ -409,15 +573,46 @@ def _list_compare(get, op: str, vals: list) -> Predicate:
             return x is not None and not s.isdisjoint(x)
 
         return in_
-    match = _text_matcher(op, vals)
+    if op in ("startswith", "endswith", "contains") and (op != "contains" or len(vals) == 1):
+        t = tuple(vals) if op != "contains" else vals[0]
+        if op == "startswith":
+            def any_prefix(r):
+                x = get(r)
+                if x is not None:
+                    for a in x:
+                        if a.startswith(t):
+                            return True
+                return False
+
+            return any_prefix
+        if op == "endswith":
+            def any_suffix(r):
+                x = get(r)
+                if x is not None:
+                    for a in x:
+                        if a.endswith(t):
+                            return True
+                return False
+
+            return any_suffix
+
+        def any_contains(r):
+            x = get(r)
+            if x is not None:
+                for a in x:
+                    if t in a:
+                        return True
+            return False
+
+        return any_contains
+    search = _text_matcher(op, vals)
 
     def any_elem(r):
         x = get(r)
-        if x is None:
-            return False
-        for a in x:
-            if match(a):
-                return True
+        if x is not None:
+            for a in x:
+                if search(a) is not None:
+                    return True
         return False
 
     return any_elem

@@ -20,8 +20,8 @@ from collections import deque
 from . import fields as F
 from .alerts import alert_record
 
-MAX_KEYS = 65536  # per stateful rule; the kernel watches at most 65536 processes
-EVIDENCE_MAX = 10  # records kept as a threshold alert's evidence (the latest)
+MAX_KEYS = 16384  # per stateful rule: with EVIDENCE_MAX, what bounds the records held
+EVIDENCE_MAX = 5  # records kept per key as a threshold alert's evidence (the latest)
 SWEEP_SECONDS = 5.0  # expire stale state at most this often (record time)
 
 
@@ -96,37 +96,71 @@ def _order(hit: tuple[int, dict]) -> int:
 
 
 class _Plan:
-    """The single-event rules of one record type: unguarded ones, and an index per guard field."""
+    """The single-event rules of one record type, indexed by their guards (compiler.Compiler.guard).
+
+    Rules without a guard are tested on every record. The others are
+    candidates when a guard alternative holds: an "eq" alternative is one
+    dict lookup per field; a "sub" alternative is a scan of the field's text
+    for the literals of every rule that has one. Text that is not ASCII is
+    not scanned (case folding beyond ASCII is not lower()): every rule with a
+    "sub" guard on that field is a candidate then.
+    """
 
     def __init__(self, entries: list) -> None:
-        unguarded = []
-        by_field: dict[str, tuple] = {}
+        self.entries = {index: (rule, rule.match) for index, rule in entries}
+        always = []
+        eq: dict[str, dict] = {}
+        sub: dict[str, dict] = {}
         for index, rule in entries:
             if rule.guard is None:
-                unguarded.append((index, rule, rule.match))
+                always.append((index, rule, rule.match))
                 continue
-            name, values = rule.guard
-            get, table = by_field.setdefault(name, (F.field(name).get, {}))
-            for v in values:
-                table.setdefault(v, []).append((index, rule, rule.match))
-        self.unguarded = tuple(unguarded)
-        self.guarded = tuple((get, {v: tuple(e) for v, e in table.items()}) for get, table in by_field.values())
+            for kind, name, values in rule.guard:
+                table = (eq if kind == "eq" else sub).setdefault(name, {})
+                for v in values:
+                    table.setdefault(v, set()).add(index)
+        self.always = tuple(always)
+        self.eq = tuple((F.field(name).get, {v: frozenset(i) for v, i in table.items()}) for name, table in eq.items())
+        self.sub = tuple(
+            (F.field(name).get, tuple((lit, frozenset(i)) for lit, i in sorted(table.items())),
+             frozenset().union(*table.values()))
+            for name, table in sub.items()
+        )
+        self.indexed = bool(self.eq or self.sub)
 
     def run(self, rec: dict) -> list | None:
         out = None
-        for index, rule, match in self.unguarded:
+        for index, rule, match in self.always:
             if match(rec):
                 if out is None:
                     out = []
                 out.append((index, alert_record(rule, [rec])))
-        for get, table in self.guarded:
+        if not self.indexed:
+            return out
+        cands: set = set()
+        for get, table in self.eq:
             hits = table.get(get(rec))
             if hits is not None:
-                for index, rule, match in hits:
-                    if match(rec):
-                        if out is None:
-                            out = []
-                        out.append((index, alert_record(rule, [rec])))
+                cands |= hits
+        for get, literals, everyone in self.sub:
+            text = get(rec)
+            if text is None:
+                continue
+            if text.isascii():
+                low = text.lower()
+                for lit, hits in literals:
+                    if lit in low:
+                        cands |= hits
+            else:
+                cands |= everyone
+        if cands:
+            entries = self.entries
+            for index in cands:
+                rule, match = entries[index]
+                if match(rec):
+                    if out is None:
+                        out = []
+                    out.append((index, alert_record(rule, [rec])))
         return out
 
 
@@ -230,8 +264,14 @@ class Sequence:
         return rec["process"].get("pid"), key
 
     def feed(self, rec: dict, t: str, now: float):
-        matched = [k for k, match in self.steps_for[t] if match(rec)]
-        if not matched:
+        matched = None
+        for k, match in self.steps_for[t]:
+            if match(rec):
+                if matched is None:
+                    matched = [k]
+                else:
+                    matched.append(k)
+        if matched is None:
             return None
         fired = None
         anchors = None
@@ -295,14 +335,15 @@ class Sequence:
 
 
 class _Window:
-    __slots__ = ("times", "seen", "evidence", "quiet_until", "last")
+    __slots__ = ("hits", "evidence", "quiet_until", "last")
 
-    def __init__(self) -> None:
-        self.times: deque = deque()  # count: times of matching records in the window
-        self.seen: dict = {}  # distinct: value tuple -> last time, oldest first
+    def __init__(self, distinct: bool, now: float) -> None:
+        # count: times of the matching records in the window, oldest first;
+        # distinct: value tuple -> the time it was last seen, oldest first.
+        self.hits: deque | dict = {} if distinct else deque()
         self.evidence: deque = deque(maxlen=EVIDENCE_MAX)
         self.quiet_until = float("-inf")
-        self.last = 0.0
+        self.last = now
 
 
 class Threshold:
@@ -330,22 +371,22 @@ class Threshold:
         key = self.key(rec)
         if key is None:
             return None
-        value = None
+        state = self.state
+        w = state.get(key)
+        if w is None:
+            w = _Window(bool(self.distinct), now)
+        elif now < w.quiet_until:
+            return None
+        else:
+            w.last = now
+        _touch(state, key, w)
+        cutoff = now - self.within
         if self.distinct:
             value = tuple(get(rec) for get in self.distinct)
             if None in value:
                 return None
             value = tuple(tuple(v) if v.__class__ is list else v for v in value)
-        w = self.state.get(key)
-        if w is None:
-            w = _Window()
-        if now < w.quiet_until:
-            return None
-        w.last = now
-        _touch(self.state, key, w)
-        cutoff = now - self.within
-        if self.distinct:
-            seen = w.seen
+            seen = w.hits
             seen.pop(value, None)
             seen[value] = now
             while seen:
@@ -355,7 +396,7 @@ class Threshold:
                 del seen[first]
             n = len(seen)
         else:
-            times = w.times
+            times = w.hits
             times.append(now)
             while times[0] < cutoff:
                 times.popleft()
@@ -364,10 +405,9 @@ class Threshold:
         if n < self.count:
             return None
         evidence = [r for at, r in w.evidence if at >= cutoff]
-        fresh = _Window()
+        fresh = _Window(bool(self.distinct), now)
         fresh.quiet_until = now + self.within
-        fresh.last = now
-        self.state[key] = fresh
+        state[key] = fresh
         return self.index, alert_record(self.rule, evidence, count=n)
 
     def expire(self, now: float) -> None:

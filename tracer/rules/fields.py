@@ -114,27 +114,34 @@ def _memo_on_process(compute: Callable[[dict], object]) -> Getter:
 
     Every rule that reads proc.cmdline on one record sees the same process
     dict; the last one is held (so its id cannot be reused) and compared by
-    identity.
+    identity. Records are never changed once built, so the value stays right.
     """
-    last: list = [None, None]
+    last_p = None
+    last_v = None
 
     def get(r: dict):
+        nonlocal last_p, last_v
         p = r.get("process")
+        if p is last_p:
+            return last_v
         if p.__class__ is not dict:
             return None
-        if p is last[0]:
-            return last[1]
         v = compute(p)
-        last[0] = p
-        last[1] = v
+        last_p = p
+        last_v = v
         return v
 
     return get
 
 
 def _argv(p: dict) -> list | None:
+    """argv if it is a list of strings (join fails, in C, on anything else)."""
     argv = p.get("argv")
-    if argv.__class__ is list and all(a.__class__ is str for a in argv):
+    if argv.__class__ is list:
+        try:
+            "".join(argv)
+        except TypeError:
+            return None
         return argv
     return None
 
@@ -150,8 +157,13 @@ def _argv0(p: dict):
 
 
 def _cmdline(p: dict):
-    argv = _argv(p)
-    return " ".join(argv) if argv is not None else None
+    argv = p.get("argv")
+    if argv.__class__ is list:
+        try:
+            return " ".join(argv)
+        except TypeError:
+            return None
+    return None
 
 
 def _exe_name(p: dict):
