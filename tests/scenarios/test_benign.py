@@ -1,12 +1,15 @@
 """Ordinary developer work under the default rules: nothing of medium severity or above.
 
-Each activity runs as its own agent in the namespace sandbox, against the same sshd,
-web server and tools as the detection scenarios. A low alert is allowed (context, such
-as a weak port signal); anything an operator would be paged for is a false positive.
+One agent does a developer's session in the namespace sandbox, against the same sshd, web
+server and tools as the detection scenarios: each activity in its own `sh -c` (named by its
+$0), so an alert can be traced back to the activity that raised it. A low alert is allowed
+(context, such as a weak port signal); anything an operator would be paged for is a false
+positive.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 import textwrap
 
@@ -24,25 +27,10 @@ TEST_PY = textwrap.dedent("""\
     def test_adds():
         assert 1 + 1 == 2
 """)
+ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp"]
 
 
-@pytest.fixture(scope="module")
-def work(net):
-    """A working directory with a C file, a test file, a tiny wheel and a file to copy."""
-    d = net.tmp / "work"
-    d.mkdir()
-    (d / "hello.c").write_text(HELLO_C)
-    (d / "test_small.py").write_text(TEST_PY)
-    (d / "repo").mkdir()
-    (d / "repo" / "README").write_text("a repository\n")
-    (d / "notes.txt").write_text("notes\n")
-    (d / "remote").mkdir()
-    return d
-
-
-def _activities(work, sshd, web):
-    ssh = " ".join(sshd.ssh(f"root@{NET_IP}", "true"))
-    scp = f"scp -F {sshd.config} {work / 'notes.txt'} root@{NET_IP}:{work / 'remote' / 'notes.txt'}"
+def _activities(work, sshd, web) -> dict[str, str]:
     wheel = build_wheel(work)
     git = "git -c user.name=dev -c user.email=dev@example.com"
     return {
@@ -51,19 +39,48 @@ def _activities(work, sshd, web):
         "pip-wheel": f"{PY} -m pip install -q --no-index --no-deps --target {work / 'site'} {wheel}",
         "pytest": f"cd {work} && {sys.executable} -m pytest -q -p no:cacheprovider test_small.py",
         "curl": f"curl -sS -o /dev/null -w '%{{http_code}}\\n' {web}",
-        "ssh-true": ssh,
-        "scp": scp,
+        "ssh-true": " ".join(sshd.ssh(f"root@{NET_IP}", "true")),
+        "scp": f"scp -F {sshd.config} {work / 'notes.txt'} root@{NET_IP}:{work / 'remote' / 'notes.txt'}",
     }
 
 
-ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp"]
+@pytest.fixture(scope="module")
+def session(net, agentwatch, sshd, web):
+    work = net.tmp / "work"
+    work.mkdir()
+    (work / "hello.c").write_text(HELLO_C)
+    (work / "test_small.py").write_text(TEST_PY)
+    (work / "repo").mkdir()
+    (work / "repo" / "README").write_text("a repository\n")
+    (work / "notes.txt").write_text("notes\n")
+    (work / "remote").mkdir()
+    steps = [f"sh -c {shlex.quote(script)} benign-{name} || echo FAILED {name}"
+             for name, script in _activities(work, sshd, web).items()]
+    run = agentwatch(["sh", "-c", "; ".join(steps)], labels={"scenario": "benign"})
+    assert run.events, "no events: the run did not trace anything"
+    return run, work
+
+
+def _activity_of(run, alert: dict) -> str | None:
+    tops = {r["process"]["pid"]: r["process"]["argv"][3] for r in run.execs(
+        lambda p: p["argv"][:2] == ["sh", "-c"] and len(p["argv"]) == 4 and p["argv"][3].startswith("benign-"))}
+    p = alert.get("process") or {}
+    for pid in [p.get("pid")] + [a["pid"] for a in p.get("ancestry", [])]:
+        if pid in tops:
+            return tops[pid].removeprefix("benign-")
+    return None
 
 
 @pytest.mark.parametrize("activity", ACTIVITIES)
-def test_benign_work_raises_nothing_medium_or_above(agentwatch, work, sshd, web, activity):
-    script = _activities(work, sshd, web)[activity]
-    run = agentwatch(["sh", "-c", script], labels={"scenario": f"benign-{activity}"})
-    assert run.returncode == 0, f"{activity} failed ({run.returncode}):\n{run.output}\n{run.stderr}"
-    assert run.events, "no events: the run did not trace anything"
-    loud = run.at_least("medium")
+def test_benign_work_raises_nothing_medium_or_above(session, activity):
+    run, work = session
+    assert f"FAILED {activity}" not in run.output, f"{activity} did not work:\n{run.output}"
+    loud = [a for a in run.at_least("medium") if _activity_of(run, a) == activity]
     assert not loud, f"{activity} raised:\n{run.describe()}"
+
+
+def test_the_session_as_a_whole_raises_nothing_medium_or_above(session):
+    run, work = session
+    assert (work / "hello").exists() and (work / "site" / "awdemo").is_dir()
+    assert (work / "remote" / "notes.txt").read_text() == "notes\n"
+    assert not run.at_least("medium"), run.describe()
