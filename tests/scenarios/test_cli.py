@@ -23,7 +23,8 @@ def test_done_when_command_of_the_walking_skeleton():
         'python3 -c "import socket; socket.socket().connect_ex((\\"127.0.0.1\\", 9))"; '
         "/bin/true a b c"
     )
-    proc = subprocess.run([AGENTWATCH, "run", "--format", "json", "--", "sh", "-c", cmd], capture_output=True, timeout=60)
+    proc = subprocess.run([AGENTWATCH, "run", "--format", "json", "--events", "--", "sh", "-c", cmd],
+                          capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
     records = _lines(proc.stdout)
     events = [r for r in records if r["kind"] == "event"]
@@ -67,7 +68,8 @@ def test_watch_pid_adopts_an_existing_process_and_its_descendants(tmp_path):
         ["sh", "-c", f"sh -c 'while [ ! -e {go} ]; do sleep 0.02; done; /bin/true watched-marker' & wait"]
     )
     watcher = subprocess.Popen(
-        [AGENTWATCH, "watch", "--pid", str(target.pid), "--duration", "20", "--label", "k=v", "--format", "json"],
+        [AGENTWATCH, "watch", "--pid", str(target.pid), "--duration", "20", "--label", "k=v", "--format", "json",
+         "--events"],
         stdout=subprocess.PIPE,
     )
     try:
@@ -87,7 +89,7 @@ def test_watch_pid_adopts_an_existing_process_and_its_descendants(tmp_path):
 
 def test_watch_all_sees_processes_outside_any_agent():
     watcher = subprocess.Popen(
-        [AGENTWATCH, "watch", "--all", "--duration", "20", "--format", "json"], stdout=subprocess.PIPE
+        [AGENTWATCH, "watch", "--all", "--duration", "20", "--format", "json", "--events"], stdout=subprocess.PIPE
     )
     try:
         _read_until(watcher, lambda r: r.get("status") == "watching", 30)
@@ -103,7 +105,7 @@ def test_watch_all_sees_processes_outside_any_agent():
 
 def test_sigterm_stops_run_with_a_stopped_record():
     proc = subprocess.Popen(
-        [AGENTWATCH, "run", "--format", "json", "--", "sh", "-c", "exec >/dev/null; sleep 30; true"],
+        [AGENTWATCH, "run", "--format", "json", "--events", "--", "sh", "-c", "exec >/dev/null; sleep 30; true"],
         stdout=subprocess.PIPE,
         start_new_session=True,  # the agent does not get our signal: agentwatch alone is stopped
     )
@@ -120,7 +122,7 @@ def test_sigterm_stops_run_with_a_stopped_record():
 
 def test_table_output_is_one_clean_line_per_record():
     proc = subprocess.run(
-        [AGENTWATCH, "run", "--format", "table", "--", "/bin/true", "two\nlines", "\x1b[2Jclear"],
+        [AGENTWATCH, "run", "--format", "table", "--events", "--", "/bin/true", "two\nlines", "\x1b[2Jclear"],
         capture_output=True, timeout=60,
     )
     assert proc.returncode == 0
@@ -137,3 +139,24 @@ def test_doctor_explains_this_machine():
     for check in ("BTF", "tracefs", "tracepoints", "kprobes", "kernel headers", "cgroup v2", "programs"):
         assert check in proc.stdout
     assert "FAIL" not in proc.stdout
+
+
+def test_alerts_live_and_replayed_are_the_same(tmp_path):
+    """A default rule fires on a real exec; replaying the recording gives the same alerts, and only alerts."""
+    recording = tmp_path / "run.jsonl"
+    proc = subprocess.run(
+        [AGENTWATCH, "run", "--format", "json", "--events", "--output", str(recording), "--label", "task=7",
+         "--", "/bin/true", "--donate-level", "1"],
+        capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    records = _lines(recording.read_bytes())
+    [alert] = [r for r in records if r["kind"] == "alert"]
+    [exec_] = [r for r in records if r.get("type") == "exec" and r["process"]["comm"] == "true"]
+    assert alert["rule"] == "miner-flags" and alert["mitre"] == ["T1496"]
+    assert alert["process"]["pid"] == exec_["process"]["pid"]
+    assert alert["agent"]["labels"] == {"task": "7"}
+    replayed = subprocess.run([AGENTWATCH, "replay", "--format", "json", str(recording)], capture_output=True,
+                              timeout=60)
+    assert replayed.returncode == 0, replayed.stderr.decode()
+    assert _lines(replayed.stdout) == [alert]
