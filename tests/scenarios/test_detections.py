@@ -51,15 +51,21 @@ def loopback_connects(run, port: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tunnels(agentwatch, sshd, local_service, poker, relay_server):
-    """ssh -N -R (used by a remote user), -L and -D held for two seconds, and a socat relay."""
+def tunnels(agentwatch, sshd, local_service, poker, relay_server, net):
+    """ssh -N -R (used by a remote user), the same forward hidden in an -F config file, -L and -D
+    held for two seconds, and a socat relay."""
     poker(2201)
+    poker(2204)
+    hidden = net.tmp / "ssh" / "config-with-forward"
+    hidden.write_text(sshd.config.read_text() + f"  RemoteForward 2204 127.0.0.1:{local_service}\n")
     host, port = relay_server
     remote = " ".join(sshd.ssh("-N", "-R", f"2201:127.0.0.1:{local_service}", f"root@{NET_IP}"))
+    config = f"ssh -F {hidden} -N root@{NET_IP}"
     local = " ".join(sshd.ssh("-N", "-L", "9000:127.0.0.1:80", f"root@{NET_IP}"))
     socks = " ".join(sshd.ssh("-N", "-D", "1080", f"root@{NET_IP}"))
     relay = f"timeout 5 socat TCP:{host}:{port} TCP:127.0.0.1:{local_service}"
-    script = f"{remote} & r=$!; {local} & l=$!; {socks} & d=$!; {relay} & sleep 2; kill $r $l $d; wait"
+    script = (f"{remote} & r=$!; {config} & c=$!; {local} & l=$!; {socks} & d=$!; {relay} & "
+              "sleep 2; kill $r $c $l $d; wait")
     return agentwatch(["sh", "-c", script], labels={"scenario": "tunnels"})
 
 
@@ -80,6 +86,14 @@ def test_ssh_dash_R_tunnel_behaviour(tunnels):
     assert first["connection"]["state"] == "established"
     assert last["type"] == "connect" and last["network"]["dport"] == LOCAL_SERVICE_PORT
     assert last["network"]["scope"] == "loopback"
+
+
+def test_ssh_forward_hidden_in_a_config_file(tunnels):
+    """argv shows no -R: the -N session is flagged, and the behaviour proves the reverse tunnel."""
+    [ssh] = tunnels.pids_that_exec(lambda p: p["comm"] == "ssh" and "config-with-forward" in " ".join(p["argv"]))
+    assert not [a for a in tunnels.alerts_of("ssh-remote-forward") if a["process"]["pid"] == ssh]
+    assert assert_alert(tunnels, "ssh-tunnel-only-session", "T1572", ssh)["severity"] == "medium"
+    assert_alert(tunnels, "reverse-tunnel-behaviour", "T1572", ssh)
 
 
 def test_ssh_local_forward(tunnels):
