@@ -13,6 +13,8 @@ import time
 
 from . import events
 from .agents import Agent
+from .dns import Question
+from .netscope import ScopeClassifier
 from .proctree import Process
 
 SCHEMA_VERSION = 1
@@ -121,7 +123,8 @@ def _ntop(addr: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
 
 
-def network_json(ev: events.ConnectEvent) -> dict:
+def _endpoints(ev: events.ConnectEvent | events.SendEvent | events.ConnEvent, sock_type: int) -> dict:
+    """family, protocol, both ends and v4_mapped: the part every network object shares."""
     v4_mapped = ev.family == AF_INET6 and ev.daddr[:12] == _V4_MAPPED
     if ev.family == AF_INET:
         daddr, saddr = ev.daddr[:4], ev.saddr[:4]
@@ -132,7 +135,7 @@ def network_json(ev: events.ConnectEvent) -> dict:
         daddr, saddr = ev.daddr, ev.saddr
     protocol = _PROTOCOLS.get(ev.protocol)
     if protocol is None:
-        protocol = _SOCK_TYPES.get(ev.sock_type, "unknown") if ev.protocol == 0 else str(ev.protocol)
+        protocol = _SOCK_TYPES.get(sock_type, "unknown") if ev.protocol == 0 else str(ev.protocol)
     return {
         "family": "ipv4" if ev.family == AF_INET else "ipv6",
         "protocol": protocol,
@@ -141,14 +144,40 @@ def network_json(ev: events.ConnectEvent) -> dict:
         "daddr": _ntop(daddr),
         "dport": ev.dport,
         "v4_mapped": v4_mapped,
-        "result": errno_name(ev.retval),
-        "retval": ev.retval,
+    }
+
+
+def network_json(ev: events.ConnectEvent | events.SendEvent) -> dict:
+    """The network object of a connect, or of a send (whose result is always ok)."""
+    net = _endpoints(ev, ev.sock_type)
+    retval = ev.retval if isinstance(ev, events.ConnectEvent) else 0
+    net["result"] = errno_name(retval)
+    net["retval"] = retval
+    return net
+
+
+def payload_json(ev: events.SendEvent) -> dict:
+    """The first bytes sent, as safe text (a CR LF shows as \\x0d\\x0a)."""
+    return {"text": safe_text(ev.data), "length": ev.captured, "truncated": ev.truncated}
+
+
+def connection_json(ev: events.ConnEvent) -> dict:
+    closed = ev.state == events.CONN_CLOSED
+    return {
+        "state": events.CONN_STATES.get(ev.state, str(ev.state)),
+        "duration_s": ev.duration_ns / 1e9 if closed else None,
     }
 
 
 def event_record(
-    clock: Clock, ev: events.Event, proc: Process, agent: Agent | None, child: Process | None = None
+    clock: Clock,
+    ev: events.Event,
+    proc: Process,
+    agent: Agent | None,
+    child: Process | None = None,
+    scope: ScopeClassifier | None = None,
 ) -> dict:
+    """The output record of one kernel event; `scope` adds scope and allowlisted to `network`."""
     rec = {
         "kind": "event",
         "type": ev.type,
@@ -176,7 +205,28 @@ def event_record(
         rec["child"] = {"pid": ev.child_pid, "key": child.key if child is not None else None}
     elif isinstance(ev, events.ConnectEvent):
         rec["network"] = network_json(ev)
+    elif isinstance(ev, events.SendEvent):
+        rec["network"] = network_json(ev)
+        rec["payload"] = payload_json(ev)
+    elif isinstance(ev, events.ConnEvent):
+        rec["network"] = _endpoints(ev, 1)
+        rec["connection"] = connection_json(ev)
+    if scope is not None and "network" in rec:
+        scope.annotate(rec["network"])
     return rec
+
+
+def dns_record(send: dict, question: Question) -> dict:
+    """The query a send record carried, as its own record (same time, process, network)."""
+    return {
+        "kind": "event",
+        "type": "dns",
+        "time": send["time"],
+        "agent": send["agent"],
+        "process": send["process"],
+        "network": dict(send["network"]),
+        "dns": {"query": question.query, "qtype": question.qtype},
+    }
 
 
 def lost_record(clock: Clock, lost: dict[str, int], total: dict[str, int]) -> dict:

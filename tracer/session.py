@@ -12,15 +12,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import events
+from . import dns, events
 from .agents import Agent, AgentRegistry
 from .launcher import GatedChild
+from .netscope import ScopeClassifier
 from .output import Writer
 from .probes import Probes
-from .proctree import ProcessTable, read_stat, start_ticks_from_ns
-from .records import Clock, event_record, lost_record, safe_text, status_record
+from .proctree import Process, ProcessTable, read_exe_argv, read_stat, start_ticks_from_ns
+from .records import Clock, dns_record, event_record, lost_record, safe_text, status_record
 
 LOST_CHECK_SECONDS = 1.0
+# TCP connects remembered for their connection records; the oldest go first past this.
+CONNECTORS_MAX = 65536
+_TCP = 6
+_DNS_PORT = 53
 
 
 class RecordConsumer(Protocol):
@@ -38,13 +43,19 @@ class Pipeline:
     clock: Clock = field(default_factory=Clock)
     rules: RecordConsumer | None = None
     show_events: bool = True  # False: only alerts, lost events and errors are written
+    scope: ScopeClassifier = field(default_factory=ScopeClassifier)
     received: int = 0
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _lost_checked: float = 0.0
+    # struct sock of a TCP connect -> the process that made it, for its connection records.
+    _connectors: dict[int, Process] = field(default_factory=dict)
 
     def handle(self, raw: bytes) -> None:
         ev = events.decode(raw)
         self.received += 1
+        if isinstance(ev, events.ConnEvent):
+            self._handle_connection(ev)
+            return
         proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
         self.table.refresh(proc, ev.comm, ev.ppid, ev.uid)
         if ev.agent_id:
@@ -55,9 +66,59 @@ class Pipeline:
             child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
         elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
             self.table.exec(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
-        self.emit(event_record(self.clock, ev, proc, agent, child))
-        if isinstance(ev, events.ExitEvent):
+        elif isinstance(ev, events.ConnectEvent) and ev.sock_cookie and ev.protocol == _TCP:
+            self._remember_connector(ev.sock_cookie, proc)
+        record = event_record(self.clock, ev, proc, agent, child, self.scope)
+        self.emit(record)
+        if isinstance(ev, events.SendEvent):
+            self._emit_dns(ev, record)
+        elif isinstance(ev, events.ExitEvent):
             self.table.exit(proc)
+
+    def _remember_connector(self, cookie: int, proc: Process) -> None:
+        self._connectors.pop(cookie, None)  # re-inserted last: the newest is evicted last
+        if len(self._connectors) >= CONNECTORS_MAX:
+            del self._connectors[next(iter(self._connectors))]
+        self._connectors[cookie] = proc
+
+    def _connector(self, ev: events.ConnEvent) -> Process:
+        """The process that made the connection, alive or not.
+
+        The kernel names it by pid and start time as it was at SYN_SENT. It
+        may have exited (its pid even reused) by the time the connection
+        closes, so it is found through its connect record, then the table,
+        and is otherwise rebuilt from the record without entering the table.
+        """
+        start = start_ticks_from_ns(ev.start_ns)
+        proc = self._connectors.get(ev.sock_cookie)
+        if proc is not None and (proc.pid, proc.start_ticks) == (ev.pid, start):
+            return proc
+        proc = self.table.get(ev.pid)
+        if proc is not None and proc.start_ticks == start:
+            return proc
+        parent = self.table.get(ev.ppid)
+        proc = Process(ev.pid, start, ev.ppid, ev.uid, ev.comm, parent=parent, agent_id=ev.agent_id)
+        st = read_stat(ev.pid)
+        if st is not None and st.start_ticks == start:
+            proc.exe, proc.argv = read_exe_argv(ev.pid)
+        elif parent is not None:
+            proc.exe, proc.argv = parent.exe, parent.argv
+        return proc
+
+    def _handle_connection(self, ev: events.ConnEvent) -> None:
+        proc = self._connector(ev)
+        if ev.state != events.CONN_ESTABLISHED:
+            self._connectors.pop(ev.sock_cookie, None)
+        agent = self.agents.by_kernel_id(ev.agent_id)
+        self.emit(event_record(self.clock, ev, proc, agent, scope=self.scope))
+
+    def _emit_dns(self, ev: events.SendEvent, send: dict) -> None:
+        """A dns record after the send record of a query to port 53."""
+        if ev.dport != _DNS_PORT:
+            return
+        question = dns.parse_query(ev.data, tcp=ev.protocol == _TCP)
+        if question is not None:
+            self.emit(dns_record(send, question))
 
     def emit(self, record: dict) -> None:
         """Write an event or status record (unless events are hidden) and its alerts."""

@@ -48,6 +48,7 @@ def test_connect_kinds_and_results(trace, netns, tmp_path):
     assert tcp4 == {
         "family": "ipv4", "protocol": "tcp", "saddr": "127.0.0.1", "sport": int(lines["tcp4"]),
         "daddr": "127.0.0.1", "dport": port4, "v4_mapped": False, "result": "ok", "retval": 0,
+        "scope": "loopback", "allowlisted": False,
     }
     assert (tcp6["family"], tcp6["daddr"], tcp6["dport"], tcp6["saddr"]) == ("ipv6", "::1", port6, "::1")
     assert tcp6["sport"] == int(lines["tcp6"]) and tcp6["result"] == "ok"
