@@ -4,5 +4,8 @@
  * with no kernel headers included). Each concern lives in its own file.
  */
 #include "common.h"
+#include "socket.h"
 #include "process.bpf.c"
 #include "connect.bpf.c"
+#include "sockstate.bpf.c"
+#include "payload.bpf.c"

@@ -56,6 +56,13 @@ TRACEPOINTS = [
     ("sched", "sched_process_fork"),  # attached raw: its args name the child task
     ("syscalls", "sys_enter_connect"),
     ("syscalls", "sys_exit_connect"),
+    ("sock", "inet_sock_set_state"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_enter_sendmmsg"),
+    ("syscalls", "sys_enter_close"),
 ]
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")

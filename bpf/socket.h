@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Sockets as the syscall programs see them: an fd resolved to its struct
+ * socket, and the local end read from its struct sock. Shared by connect,
+ * payload and connection-state programs.
+ */
+#ifndef AGENTWATCH_SOCKET_H
+#define AGENTWATCH_SOCKET_H
+
+#define AW_AF_INET 2
+#define AW_AF_INET6 10
+#define AW_SOCK_STREAM 1
+#define AW_SOCK_DGRAM 2
+#define AW_IPPROTO_TCP 6
+#define AW_EINPROGRESS 115
+
+/* uapi layouts (ABI-stable): struct sockaddr_in / sockaddr_in6. */
+struct aw_sockaddr_in {
+	u16 family;
+	u16 port;         /* network order */
+	u8 addr[4];
+};
+struct aw_sockaddr_in6 {
+	u16 family;
+	u16 port;
+	u32 flowinfo;
+	u8 addr[16];
+};
+
+/* A destination as a syscall named it: host-order port, IPv4 in the first 4 bytes. */
+struct aw_dest {
+	u16 family;
+	u16 dport;
+	u8 daddr[16];
+};
+
+/* An inet destination from a user sockaddr; 0 when it is not AF_INET/AF_INET6 or unreadable. */
+static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
+{
+	u16 family = 0;
+
+	if (!uaddr || bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return 0;
+	__builtin_memset(d, 0, sizeof(*d));
+	d->family = family;
+	if (family == AW_AF_INET) {
+		struct aw_sockaddr_in sin = {};
+		if (bpf_probe_read_user(&sin, sizeof(sin), uaddr))
+			return 0;
+		d->dport = __builtin_bswap16(sin.port);
+		__builtin_memcpy(d->daddr, sin.addr, 4);
+		return 1;
+	}
+	if (family == AW_AF_INET6) {
+		struct aw_sockaddr_in6 sin6 = {};
+		if (bpf_probe_read_user(&sin6, sizeof(sin6), uaddr))
+			return 0;
+		d->dport = __builtin_bswap16(sin6.port);
+		__builtin_memcpy(d->daddr, sin6.addr, 16);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * fd -> struct socket, through task->files->fdt->fd[fd]->private_data.
+ * The socket's back pointer to its file proves the file is a socket.
+ */
+static __always_inline void *aw_socket_of_fd(u32 fd)
+{
+	void *task = (void *)bpf_get_current_task();
+	void *files = aw_read_ptr(task, OFF_TASK_STRUCT_FILES);
+	void *fdt = aw_read_ptr(files, OFF_FILES_STRUCT_FDT);
+	u32 max_fds = 0;
+
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDTABLE_MAX_FDS);
+	if (fd >= max_fds)
+		return NULL;
+	void **fd_array = aw_read_ptr(fdt, OFF_FDTABLE_FD);
+	void *file = aw_read_ptr(fd_array, (u64)fd * sizeof(void *));
+	if (!file)
+		return NULL;
+	void *sock = aw_read_ptr(file, OFF_FILE_PRIVATE_DATA);
+	if (!sock || aw_read_ptr(sock, OFF_SOCKET_FILE) != file)
+		return NULL;
+	return sock;
+}
+
+/* What a record says of its socket: type, protocol and the local end. */
+struct aw_sock_info {
+	u16 sock_type;
+	u16 protocol;
+	u16 sport;        /* host order, 0 until bound */
+	u8 saddr[16];
+};
+
+/* The socket's struct sock (its cookie in records), with *info filled; NULL without one. */
+static __always_inline void *aw_sock_local(void *sock, u16 family, struct aw_sock_info *info)
+{
+	__builtin_memset(info, 0, sizeof(*info));
+	bpf_probe_read_kernel(&info->sock_type, sizeof(info->sock_type), (char *)sock + OFF_SOCKET_TYPE);
+	void *sk = aw_read_ptr(sock, OFF_SOCKET_SK);
+	if (!sk)
+		return NULL;
+	char *common = (char *)sk + OFF_SOCK___SK_COMMON;
+	bpf_probe_read_kernel(&info->protocol, sizeof(info->protocol), (char *)sk + OFF_SOCK_SK_PROTOCOL);
+	bpf_probe_read_kernel(&info->sport, sizeof(info->sport), common + OFF_SOCK_COMMON_SKC_NUM);
+	if (family == AW_AF_INET)
+		bpf_probe_read_kernel(info->saddr, 4, common + OFF_SOCK_COMMON_SKC_RCV_SADDR);
+	else
+		bpf_probe_read_kernel(info->saddr, 16, common + OFF_SOCK_COMMON_SKC_V6_RCV_SADDR);
+	return sk;
+}
+
+#endif /* AGENTWATCH_SOCKET_H */
