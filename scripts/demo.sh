@@ -174,14 +174,14 @@ LABELS=(--label task=demo-42 --label policy=rogue-v1)
 run_agent() {   # run_agent REMOTE_PORT AGENTWATCH_OPTIONS...
     local port=$1
     shift
-    "$AW" run --rules "$ROOT/rules" "${LABELS[@]}" --linger 3 "$@" \
+    "$AW" run --rules "$ROOT/rules" "${LABELS[@]}" --linger 2 "$@" \
         -- "$(command -v ip)" netns exec "$NS_AGENT" /bin/sh "$ROOT/demo/agent.sh" "$TMP/ssh_config" "$port"
 }
 
 # --- 1. the live alert table ----------------------------------------------------
 echo
 say "1/2 the rogue agent under agentwatch (default rules), live alerts:"
-say "    agentwatch run --format table ${LABELS[*]} --linger 3 -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
+say "    agentwatch run --format table ${LABELS[*]} --linger 2 -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
 echo
 rc=0
 run_agent 2222 --format table || rc=$?

@@ -9,14 +9,11 @@ never exists in the host's namespace. 198.18.0.0/15 is external to agentwatch, s
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +62,8 @@ class Net:
     def in_internet(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.internet, *argv]
 
-    def spawn(self, ns: str, argv: list[str], name: str, ready: str | None = None, timeout: float = 10) -> subprocess.Popen:
+    def spawn(self, ns: str, argv: list[str], name: str, ready: str | None = None,
+              timeout: float = 10) -> subprocess.Popen:
         """Start a background process in ns; with ready, wait until `ss -tln` shows it.
 
         `ip netns exec` execs the command itself, so the Popen pid is the service's pid.
@@ -107,7 +105,8 @@ class Sshd:
 
 LISTENER = (
     "import socket, sys, threading, time\n"
-    "host, port, greeting, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode().decode('unicode_escape'), float(sys.argv[4])\n"
+    "host, port, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[4])\n"
+    "greeting = sys.argv[3].encode().decode('unicode_escape')\n"
     "def serve(c):\n"
     "    with c:\n"
     "        c.sendall(greeting.encode('latin-1')); c.settimeout(hold)\n"
