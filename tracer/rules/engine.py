@@ -8,14 +8,17 @@ that can match it.
 
 Stateful rules keep their state per key (a process, a process lineage or an
 agent). Time is the records' `time`, never the wall clock, so a replay fires
-exactly as the live run did. State is bounded: partial matches and windows
-expire `within` seconds after they start (by record time), and each rule
-keeps at most MAX_KEYS keys, dropping the least recently used.
+exactly as the live run did. State is bounded: a key is dropped once
+`within` seconds (of record time) have passed since its last record, checked
+whenever the rule matches, at most every SWEEP_SECONDS; and each rule keeps
+at most MAX_KEYS keys, dropping the least recently used.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import re
+from collections import OrderedDict, deque
+from typing import Callable
 
 from . import fields as F
 from .alerts import alert_record
@@ -49,12 +52,13 @@ class Engine:
         for t, entries in singles.items():
             self._single[t] = _Plan(entries)
         self.types = frozenset(self._single) | frozenset(self._stateful)  # record types any rule reads
-        self._sweep_at = float("-inf")
 
     def evaluate(self, rec: dict) -> list[dict]:
         kind = rec.get("kind")
         if kind == "event":
             t = rec.get("type")
+            if t.__class__ is not str:
+                return []
         elif kind == "status":
             t = "status"
         else:
@@ -65,26 +69,17 @@ class Engine:
             out = plan.run(rec)
         machines = self._stateful.get(t)
         if machines is not None:
-            now = F.record_seconds(rec)
-            if now is not None:
-                if now >= self._sweep_at:
-                    self._sweep(now)
-                for m in machines:
-                    hit = m.feed(rec, t, now)
-                    if hit is not None:
-                        if out is None:
-                            out = []
-                        out.append(hit)
+            for m in machines:
+                hit = m.feed(rec, t)
+                if hit is not None:
+                    if out is None:
+                        out = []
+                    out.append(hit)
         if not out:
             return []
         if len(out) > 1:
             out.sort(key=_order)
         return [alert for _, alert in out]
-
-    def _sweep(self, now: float) -> None:
-        for m in self._machines:
-            m.expire(now)
-        self._sweep_at = now + SWEEP_SECONDS
 
     def state_size(self) -> int:
         """Keys held by all stateful rules (for tests of the bounds)."""
@@ -122,7 +117,7 @@ class _Plan:
         self.always = tuple(always)
         self.eq = tuple((F.field(name).get, {v: frozenset(i) for v, i in table.items()}) for name, table in eq.items())
         self.sub = tuple(
-            (F.field(name).get, tuple((lit, frozenset(i)) for lit, i in sorted(table.items())),
+            (F.field(name).get, _any_literal(table), tuple((lit, frozenset(i)) for lit, i in sorted(table.items())),
              frozenset().union(*table.values()))
             for name, table in sub.items()
         )
@@ -137,23 +132,25 @@ class _Plan:
                 out.append((index, alert_record(rule, [rec])))
         if not self.indexed:
             return out
-        cands: set = set()
+        cands = None  # a frozenset of rule indexes, made only when something hits
         for get, table in self.eq:
             hits = table.get(get(rec))
             if hits is not None:
-                cands |= hits
-        for get, literals, everyone in self.sub:
+                cands = hits if cands is None else cands | hits
+        for get, any_literal, literals, everyone in self.sub:
             text = get(rec)
             if text is None:
                 continue
             if text.isascii():
                 low = text.lower()
+                if any_literal(low) is None:  # most records hold none: one search in C says so
+                    continue
                 for lit, hits in literals:
                     if lit in low:
-                        cands |= hits
+                        cands = hits if cands is None else cands | hits
             else:
-                cands |= everyone
-        if cands:
+                cands = everyone if cands is None else cands | everyone
+        if cands is not None:
             entries = self.entries
             for index in cands:
                 rule, match = entries[index]
@@ -162,6 +159,29 @@ class _Plan:
                         out = []
                     out.append((index, alert_record(rule, [rec])))
         return out
+
+
+def _any_literal(literals) -> Callable[[str], object]:
+    """A search for any of the literals, as a regex shaped like their trie.
+
+    A plain alternation (a|b|c...) tries every literal at every position; the
+    trie form tries only the literals that share the text's next character.
+    """
+    root: dict = {}
+    for word in literals:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        alts = [re.escape(ch) + emit(node[ch]) for ch in sorted(k for k in node if k)]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return re.compile(emit(root)).search
 
 
 # --------------------------------------------------------------------------
@@ -186,16 +206,51 @@ def _agent_key(rec: dict):
     return None
 
 
-def _touch(state: dict, key, value) -> None:
+# Per-key state lives in OrderedDicts, least recently used first: a plain dict
+# that loses entries at the front makes next(iter(d)) walk the holes they leave.
+
+
+def _touch(state: OrderedDict, key, value) -> None:
     """Insert or move to the end (most recently used), dropping the oldest past MAX_KEYS."""
-    state.pop(key, None)
     state[key] = value
+    state.move_to_end(key)
     if len(state) > MAX_KEYS:
-        del state[next(iter(state))]
+        state.popitem(last=False)
+
+
+def _expire(state: OrderedDict, stale) -> None:
+    """Drop entries from the front while stale(entry)."""
+    while state:
+        key, entry = next(iter(state.items()))
+        if not stale(entry):
+            break
+        state.popitem(last=False)
 
 
 # --------------------------------------------------------------------------
 # Sequences.
+
+
+class _Stateful:
+    """What sequences and thresholds share: the record clock and expiry of stale keys."""
+
+    within: float
+    state: OrderedDict
+
+    def __init__(self) -> None:
+        self._sweep_at = float("-inf")
+        self.state = OrderedDict()
+
+    def clock(self, rec: dict) -> float | None:
+        """The record's time, read only once a record matched; stale keys go at most every SWEEP_SECONDS."""
+        now = F.record_seconds(rec)
+        if now is not None and now >= self._sweep_at:
+            self.expire(now)
+            self._sweep_at = now + SWEEP_SECONDS
+        return now
+
+    def expire(self, now: float) -> None:
+        raise NotImplementedError
 
 
 class _Anchor:
@@ -209,7 +264,7 @@ class _Anchor:
         self.last = now
 
 
-class Sequence:
+class Sequence(_Stateful):
     """Steps in order, within `within` seconds of the first, for one process, lineage or agent.
 
     Per key and stage only the most recent partial match is kept. A record
@@ -221,6 +276,7 @@ class Sequence:
     """
 
     def __init__(self, index: int, rule) -> None:
+        super().__init__()
         self.index = index
         self.rule = rule
         spec = rule.sequence
@@ -233,7 +289,6 @@ class Sequence:
             for t in step.events:
                 self.types.add(t)
                 self.steps_for[t] = self.steps_for.get(t, ()) + ((k, step.match),)
-        self.state: dict = {}
 
     def _anchors(self, rec: dict) -> list | None:
         """(state key, process key that must match or None) for each key the record may continue."""
@@ -263,7 +318,7 @@ class Sequence:
             return key, None
         return rec["process"].get("pid"), key
 
-    def feed(self, rec: dict, t: str, now: float):
+    def feed(self, rec: dict, t: str):
         matched = None
         for k, match in self.steps_for[t]:
             if match(rec):
@@ -272,6 +327,9 @@ class Sequence:
                 else:
                     matched.append(k)
         if matched is None:
+            return None
+        now = self.clock(rec)
+        if now is None:
             return None
         fired = None
         anchors = None
@@ -321,13 +379,7 @@ class Sequence:
 
     def expire(self, now: float) -> None:
         cutoff = now - self.within
-        state = self.state
-        while state:
-            skey = next(iter(state))
-            entry = state[skey]
-            if entry.last >= cutoff:
-                break
-            del state[skey]
+        _expire(self.state, lambda entry: entry.last < cutoff)
 
 
 # --------------------------------------------------------------------------
@@ -340,13 +392,51 @@ class _Window:
     def __init__(self, distinct: bool, now: float) -> None:
         # count: times of the matching records in the window, oldest first;
         # distinct: value tuple -> the time it was last seen, oldest first.
-        self.hits: deque | dict = {} if distinct else deque()
+        self.hits: deque | OrderedDict = OrderedDict() if distinct else deque()
         self.evidence: deque = deque(maxlen=EVIDENCE_MAX)
         self.quiet_until = float("-inf")
         self.last = now
 
 
-class Threshold:
+def _value_of(flds: list):
+    """The distinct value of a record: a hashable tuple of the fields, or None if one is missing."""
+    if not flds:
+        return None
+    gets = tuple(f.get for f in flds)
+    if any(f.type == F.LIST for f in flds):
+        def value(rec):
+            v = tuple(get(rec) for get in gets)
+            return None if None in v else tuple(tuple(x) if x.__class__ is list else x for x in v)
+
+        return value
+    if len(gets) == 1:
+        (g,) = gets
+
+        def one(rec):
+            a = g(rec)
+            return None if a is None else (a,)
+
+        return one
+    if len(gets) == 2:
+        g1, g2 = gets
+
+        def two(rec):
+            a = g1(rec)
+            if a is None:
+                return None
+            b = g2(rec)
+            return None if b is None else (a, b)
+
+        return two
+
+    def many(rec):
+        v = tuple(get(rec) for get in gets)
+        return None if None in v else v
+
+    return many
+
+
+class Threshold(_Stateful):
     """At least `count` matching records (or distinct values) within `within` seconds, per key.
 
     The window slides. Once it fires for a key, that key is quiet for
@@ -354,6 +444,7 @@ class Threshold:
     """
 
     def __init__(self, index: int, rule) -> None:
+        super().__init__()
         self.index = index
         self.rule = rule
         spec = rule.threshold
@@ -361,15 +452,22 @@ class Threshold:
         self.within = spec.within
         self.count = spec.count
         self.distinct = tuple(F.field(name).get for name in spec.distinct)
+        self._value = _value_of([F.field(name) for name in spec.distinct])
         self.types = set(rule.events)
         self.match = rule.match
-        self.state: dict = {}
 
-    def feed(self, rec: dict, t: str, now: float):
+    def feed(self, rec: dict, t: str):
         if not self.match(rec):
             return None
         key = self.key(rec)
         if key is None:
+            return None
+        if self.distinct:
+            value = self._value(rec)
+            if value is None:  # a record without one of the fields does not count
+                return None
+        now = self.clock(rec)
+        if now is None:
             return None
         state = self.state
         w = state.get(key)
@@ -382,18 +480,14 @@ class Threshold:
         _touch(state, key, w)
         cutoff = now - self.within
         if self.distinct:
-            value = tuple(get(rec) for get in self.distinct)
-            if None in value:
-                return None
-            value = tuple(tuple(v) if v.__class__ is list else v for v in value)
             seen = w.hits
-            seen.pop(value, None)
             seen[value] = now
-            while seen:
-                first = next(iter(seen))
-                if seen[first] >= cutoff:
+            seen.move_to_end(value)
+            while True:  # seen is never empty here
+                first, at = next(iter(seen.items()))
+                if at >= cutoff:
                     break
-                del seen[first]
+                seen.popitem(last=False)
             n = len(seen)
         else:
             times = w.hits
@@ -411,10 +505,5 @@ class Threshold:
         return self.index, alert_record(self.rule, evidence, count=n)
 
     def expire(self, now: float) -> None:
-        state = self.state
-        while state:
-            key = next(iter(state))
-            w = state[key]
-            if w.last >= now - self.within or now < w.quiet_until:
-                break
-            del state[key]
+        cutoff = now - self.within
+        _expire(self.state, lambda w: w.last < cutoff and now >= w.quiet_until)

@@ -46,11 +46,21 @@ def record_type(rec: dict) -> str | None:
 
 
 _seconds_cache: dict[str, int] = {}
+_last_time: list = [None, None]  # the last record read, and its seconds: several rules ask in a row
 
 
 def record_seconds(rec: dict) -> float | None:
     """`time` (RFC 3339, UTC, up to nanoseconds) as seconds since the epoch."""
-    t = rec.get("time")
+    last = _last_time
+    if rec is last[0]:
+        return last[1]
+    seconds = _parse_time(rec.get("time"))
+    last[0] = rec
+    last[1] = seconds
+    return seconds
+
+
+def _parse_time(t) -> float | None:
     if t.__class__ is not str or len(t) < 20 or t[-1] != "Z":
         return None
     head = t[:19]
