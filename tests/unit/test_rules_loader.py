@@ -310,3 +310,26 @@ def test_default_rules_directory_is_the_repository_rules():
     from tracer.rules import default_rules_dir
 
     assert default_rules_dir() == Path(__file__).resolve().parents[2] / "rules"
+
+
+def test_list_items_and_exception_values_are_taken_as_written():
+    """YAML 1.1 reads on as true and 0755 as 493; names and values are kept as typed."""
+    ruleset = load_text("""
+- list: odd
+  items: [on, 0755, "quoted", 1_000]
+- rule: r
+  severity: low
+  events: [exec]
+  condition: proc.name in odd
+  exceptions:
+    - name: e
+      fields: proc.args
+      comps: contains
+      values: [off, 0x10]
+""")
+    assert ruleset.lists["odd"] == ["on", "0755", "quoted", "1_000"]
+    r = ruleset.rules[0]
+    assert r.match(rec(process={"argv": ["on"]})) and r.match(rec(process={"argv": ["0755"]}))
+    assert not r.match(rec(process={"argv": ["on", "xoffx"]}))
+    assert not r.match(rec(process={"argv": ["on", "0x10"]}))
+    assert r.match(rec(process={"argv": ["on", "16"]}))

@@ -253,10 +253,10 @@ class _Loader:
         if not isinstance(items, list):
             self._fail(item, owner, "items: a YAML list of values is required", "items" if "items" in item else None)
         values = []
-        for v, line in zip(items, items.item_line):
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        for v, raw, line in zip(items, items.raw, items.item_line):
+            if raw is None or v is None:
                 raise RulesError(f"{item.where.file}:{line}: {owner}: items: {v!r} is not a text or number value")
-            values.append(str(v))
+            values.append(raw)  # as written: `on` stays on, 0755 stays 0755
         append = item.get("append", False)
         if not isinstance(append, bool):
             self._fail(item, owner, "append: true or false", "append")
@@ -496,11 +496,17 @@ class _Loader:
         for c in comps:
             if c not in EXCEPTION_OPS:
                 self._fail(exc, owner, f"{what}: comps: unknown operator {c!r}", "comps")
-        values = exc.get("values", [])
-        if not isinstance(values, list):
+        values = exc.get("values")
+        if values is None:
+            values = YList()
+            values.where, values.item_line, values.raw = exc.where, [], []
+        if not isinstance(values, YList):
             self._fail(exc, owner, f"{what}: values: a list", "values")
+        items = _written(values)
+        if items is None:
+            self._fail(exc, owner, f"{what}: values: text, numbers and lists of them only", "values")
         rows = []
-        for v in values:
+        for v in items:
             row = [v] if single else v
             if not isinstance(row, list) or len(row) != len(flds):
                 self._fail(exc, owner, f"{what}: values: each entry is a list of {len(flds)} value(s), one per field",
@@ -648,6 +654,22 @@ class _Loader:
         return out
 
 
+def _written(values: YList) -> list | None:
+    """Scalars as written in the file (lists of them kept as lists), or None for anything else."""
+    out: list = []
+    for v, raw in zip(values, values.raw):
+        if isinstance(v, YList):
+            inner = _written(v)
+            if inner is None:
+                return None
+            out.append(inner)
+        elif raw is None or v is None:
+            return None
+        else:
+            out.append(raw)
+    return out
+
+
 def _condition_error(exc: ConditionError, fallback: str = "") -> RulesError:
     src = exc.src
     if src is None:
@@ -664,14 +686,13 @@ def _exception_tree(rule: Rule, exc: Exception_):
         terms = []
         for fld, comp, value in zip(exc.fields, exc.comps, row):
             if isinstance(value, list):
-                values = [Value(str(v), 0, True, True) for v in value]
-                listy = True
-            elif comp == "in" and isinstance(value, str):
+                if any(isinstance(v, list) for v in value):
+                    raise RulesError(f"{exc.where}: rule {rule.id}: exceptions: {exc.name}: values nest too deep")
+                values, listy = [Value(v, 0, True, True) for v in value], True
+            elif comp == "in":
                 values, listy = [Value(value, 0, False, False)], False  # a list name
             else:
-                if isinstance(value, bool):
-                    value = "true" if value else "false"
-                values, listy = [Value(str(value), 0, True, False)], False
+                values, listy = [Value(value, 0, True, False)], False
             terms.append(Compare(fld, comp, values, listy, 0, 0, src))
         entries.append(terms[0] if len(terms) == 1 else And(terms))
     if not entries:

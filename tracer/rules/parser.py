@@ -42,6 +42,7 @@ class YMap(dict):
 class YList(list):
     where: Where
     item_line: list[int]
+    raw: list[str | None]  # each scalar item as written (`on`, `0755`), for lists of names and values
 
 
 def _content_line(node) -> int:
@@ -77,6 +78,7 @@ class _Converter:
             out = YList(self.convert(n) for n in node.value)
             out.where = Where(self.file, node.start_mark.line + 1)
             out.item_line = [n.start_mark.line + 1 for n in node.value]
+            out.raw = [n.value if isinstance(n, ScalarNode) else None for n in node.value]
             return out
         if node.tag in _AS_TEXT:
             return node.value
@@ -97,7 +99,7 @@ def load_items(text: str, file: str) -> YList:
         raise RulesError(f"{file}:{line}: YAML: {problem}") from None
     if root is None:
         empty = YList()
-        empty.where, empty.item_line = Where(file, 1), []
+        empty.where, empty.item_line, empty.raw = Where(file, 1), [], []
         return empty
     items = _Converter(file).convert(root)
     if not isinstance(items, YList):
