@@ -160,6 +160,14 @@ def test_label_and_status_fields():
     assert not matcher("status.survivors > 0", "status").match(rec())
 
 
+def test_a_failed_exec_shows_the_old_image_and_what_it_tried():
+    failed = rec(process={"argv": ["agentwatch", "run"]},
+                 exec={"filename": "/usr/sbin/xmrig", "result": "ENOENT", "retval": -2, "argv": ["xmrig", "-o", "x"]})
+    assert matcher("proc.name = agentwatch and exec.result != ok").match(failed)
+    assert matcher("exec.filename endswith /xmrig and exec.cmdline contains '-o x'").match(failed)
+    assert not matcher("exec.cmdline exists").match(rec(process={"argv": ["true"]}))
+
+
 def test_wrong_json_types_in_a_record_read_as_missing():
     odd = rec(type="connect", network={"daddr": 7, "dport": "22", "scope": None})
     odd["process"]["argv"] = ["ok", 5]

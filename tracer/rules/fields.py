@@ -217,6 +217,18 @@ def _evt_time(r: dict):
     return record_seconds(r)
 
 
+def _exec_cmdline(r: dict):
+    e = r.get("exec")
+    if e.__class__ is dict:
+        argv = e.get("argv")
+        if argv.__class__ is list:
+            try:
+                return " ".join(argv)
+            except TypeError:
+                return None
+    return None
+
+
 def _exit_code(r: dict):
     v = r.get("exit_code")
     return v if v.__class__ is int else None
@@ -276,7 +288,11 @@ FIELDS: dict[str, Field] = {
         _F("agent.id", STR, "`agent.id`", _sub("agent", "id", str)),
         _F("agent.root_pid", INT, "`agent.root_pid`", _sub("agent", "root_pid", int)),
         _F("agent.labels.<key>", STR, "`agent.labels[<key>]`", lambda r: None),  # see field()
-        _F("exec.result", STR, "`exec.result` (`ok`, `ENOENT`, ...)", _sub("exec", "result", str)),
+        _F("exec.result", STR, "`exec.result` (`ok`, `ENOENT`, ...). A failed exec's `proc.*` fields are the "
+           "process as it was, not what it tried to run", _sub("exec", "result", str)),
+        _F("exec.filename", STR, "`exec.filename`: the path given to execve (failed execs too)",
+           _sub("exec", "filename", str)),
+        _F("exec.cmdline", STR, "`exec.argv` joined with spaces: what a failed exec tried to run", _exec_cmdline),
         _F("exit.code", INT, "`exit_code` (of an exit record, or the root's in `agent_finished`)", _exit_code),
         _F("exit.signal", INT, "`signal`: the signal that killed the process (absent if none)", _top("signal", int)),
         _F("net.family", STR, "`network.family` (ipv4, ipv6)", _sub("network", "family", str)),
