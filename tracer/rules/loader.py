@@ -249,6 +249,9 @@ class _Loader:
         if not isinstance(name, str) or not NAME.match(name):
             self._fail(item, f"list {name!r}", "a list name is letters, digits and _", "list")
         self._check_keys(item, LIST_KEYS, owner)
+        if name in self.macros:
+            self._fail(item, owner, f"'{name}' is already a macro ({self.macros[name][1]}); lists and macros share "
+                                    "one namespace", "list")
         items = item.get("items")
         if not isinstance(items, list):
             self._fail(item, owner, "items: a YAML list of values is required", "items" if "items" in item else None)
@@ -277,6 +280,9 @@ class _Loader:
         if F.field(name) is not None or name in ("and", "or", "not"):
             self._fail(item, owner, f"'{name}' is a field or keyword, not a macro name", "macro")
         self._check_keys(item, MACRO_KEYS, owner)
+        if name in self.lists:
+            self._fail(item, owner, f"'{name}' is already a list ({self.lists[name][1]}); lists and macros share "
+                                    "one namespace", "macro")
         append = item.get("append", False)
         if not isinstance(append, bool):
             self._fail(item, owner, "append: true or false", "append")
@@ -309,7 +315,10 @@ class _Loader:
         self._check_keys(item, RULE_KEYS, owner)
         if "override" in item:
             return self._override(item, rid, owner)
-        if rid in self.rules and set(item) == {"rule", "enabled"}:
+        if set(item) == {"rule", "enabled"}:
+            if rid not in self.rules:
+                self._fail(item, owner, "an item of just rule and enabled changes an earlier rule, and there is none",
+                           "rule")
             if not isinstance(item["enabled"], bool):
                 self._fail(item, owner, "enabled: true or false", "enabled")
             self.rules[rid].enabled = item["enabled"]
