@@ -1,0 +1,90 @@
+"""Where agentwatch spends its time: py-spy over three runs (not part of make bench).
+
+  .venv/bin/python bench/profile.py [replay|live|startup ...]
+
+replay   `agentwatch replay` of 100k records (the replay phase's file)
+live     `agentwatch run --events` around a 100k UDP connect storm, then a 2000 exec storm
+startup  `agentwatch run -- exec_storm 0`: start to exit, no events
+
+Needs py-spy (`.venv/bin/pip install py-spy`). Prints, per run, the functions
+with the most samples on the stack (total) and at the top (self), from
+py-spy's collapsed stacks; --native adds BCC/libc frames for `live`.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import build  # noqa: E402
+import replay  # noqa: E402
+from awcli import ROOT, Agentwatch  # noqa: E402
+
+PYSPY = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+
+
+def top(collapsed: Path, n: int = 25) -> str:
+    total: collections.Counter = collections.Counter()
+    self_: collections.Counter = collections.Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        samples += c
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        for f in set(frames):
+            total[f] += c
+        self_[frames[-1]] += c
+    out = [f"{samples} samples", "  total%  self%  function"]
+    for f, c in total.most_common(n):
+        out.append(f"  {100 * c / samples:6.1f} {100 * self_[f] / samples:6.1f}  {f}")
+    out.append("  -- most self time --")
+    for f, c in self_.most_common(12):
+        out.append(f"  {100 * total[f] / samples:6.1f} {100 * c / samples:6.1f}  {f}")
+    return "\n".join(out)
+
+
+def spy(argv: list[str], out: Path, native: bool = False) -> None:
+    # --nonblocking: py-spy's default pauses the process (ptrace) for each sample, and a
+    # pending stop makes the BPF verifier give up with EAGAIN while agentwatch loads.
+    cmd = [PYSPY, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--subprocesses", "-o", str(out)]
+    if native:
+        cmd.append("--native")
+    subprocess.run([*cmd, "--", *argv], check=False, stdout=subprocess.DEVNULL)
+
+
+def main(modes: list[str]) -> None:
+    aw = Agentwatch()
+    with tempfile.TemporaryDirectory(prefix="awbench-prof-") as d:
+        d = Path(d)
+        progs, _ = build.build_all(d)
+        if "replay" in modes:
+            rec = d / "rec.jsonl"
+            replay.record(aw, progs, None, None, rec, d)
+            lines = [ln for ln in rec.read_bytes().splitlines() if ln and b'"kind":"alert"' not in ln]
+            big = d / "big.jsonl"
+            replay.build_file(replay.Template(lines), 100_000, big)
+            spy([*aw.replay(str(big)), "--output", "/dev/null"], d / "replay.txt")
+            print("== replay of 100k records\n" + top(d / "replay.txt"))
+        if "live" in modes:
+            script = f"{progs['net_storm']} udp 100000; {progs['exec_storm']} 2000"
+            spy(aw.run(["/bin/sh", "-c", script], output="/dev/null", events=True), d / "live.txt",
+                native="--native" in modes)
+            print("== live: 100k UDP connects + 2000 execs\n" + top(d / "live.txt"))
+        if "startup" in modes:
+            spy(aw.run([progs["exec_storm"], "0"], output="/dev/null"), d / "startup.txt")
+            print("== startup\n" + top(d / "startup.txt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["replay", "live", "startup"])
