@@ -12,20 +12,23 @@ Nothing matches often, as in real life: a few alerts per 10,000 records.
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import io
-import json
-import pstats
-import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import orjson
+# The repository, not bench/, first on the path: bench/ has modules named like the
+# standard library's (profile.py).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import pstats  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import orjson  # noqa: E402
 
 from tracer.output import JsonLinesWriter  # noqa: E402
 from tracer.replay import replay  # noqa: E402
@@ -137,6 +140,8 @@ def synthetic_rules(path: Path) -> None:
     rule("tunnel-argv", "exec", "proc.args glob 'R:*:*'")
     rule("modprobe-msr", "exec", "proc.cmdline contains 'modprobe msr'")
     rule("huge-pages", "exec", "proc.cmdline contains vm.nr_hugepages")
+    rule("base64-pipe", "exec", "proc.name in (base64, openssl) and proc.pname in shells")
+    rule("agent-label", "exec", "agent.labels.policy = evil and proc.name = curl")
     rule("detached-exec", "exec", "proc.detached and proc.name in shells")
     rule("pool-port", "connect", "net.dport in pool_ports and not net.internal")
     rule("metadata", "connect", "net.daddr cidr (169.254.169.254/32, fd00:ec2::254/128)")

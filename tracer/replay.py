@@ -12,6 +12,7 @@ from typing import BinaryIO
 import orjson
 
 from .output import Writer
+from .rules.fields import RECORD_TYPES
 
 # How the JSON writer starts an event: {"kind":"event","type":"exec",... Used
 # only to skip, unparsed, records no rule reads; anything else is parsed.
@@ -34,8 +35,7 @@ def replay(stream: BinaryIO, name: str, engine, writer: Writer, show_events: boo
     other records only with it. Alerts in the input (a recording made with
     rules on) are skipped: they are rebuilt from the records.
     """
-    skip = {t.encode() for t in ("exec", "exit", "fork", "connect", "send", "connection", "dns")} - {
-        t.encode() for t in engine.types}
+    skip = {t.encode() for t in RECORD_TYPES if t not in engine.types and t not in ("lost", "status")}
     skip_status = "status" not in engine.types
     count = 0
     threshold = gc.get_threshold()

@@ -21,7 +21,7 @@ from typing import Callable
 # Field types. ADDR is an IP address as text: the only type `cidr` accepts.
 STR, INT, FLOAT, BOOL, ADDR, LIST = "str", "int", "float", "bool", "addr", "list[str]"
 
-RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "lost", "status")
+RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "gpu", "lost", "status")
 
 Getter = Callable[[dict], object]
 
@@ -243,6 +243,22 @@ def _net_internal(r: dict):
     return None
 
 
+def _nvml(key: str) -> Getter:
+    """A figure of the NVML sample on a gpu usage record."""
+
+    def get(r: dict):
+        g = r.get("gpu")
+        if g.__class__ is dict:
+            n = g.get("nvml")
+            if n.__class__ is dict:
+                v = n.get(key)
+                if v.__class__ is int:
+                    return v
+        return None
+
+    return get
+
+
 def _status_name(r: dict):
     if r.get("kind") != "status":
         return None
@@ -318,6 +334,20 @@ FIELDS: dict[str, Field] = {
            _sub_number("connection", "duration_s")),
         _F("dns.query", STR, "`dns.query`: the queried name, lowercase, no trailing dot", _sub("dns", "query", str)),
         _F("dns.qtype", STR, "`dns.qtype`: A, AAAA, TXT, ...", _sub("dns", "qtype", str)),
+        _F("gpu.event", STR, "`gpu.event`: milestone (first time a process reached it) or usage (a window's counters)",
+           _sub("gpu", "event", str)),
+        _F("gpu.milestone", STR, "`gpu.milestone`: open, memory, channel, compute, submit, debug, recon",
+           _sub("gpu", "milestone", str)),
+        _F("gpu.device", STR, "`gpu.device`: nvidia, amd, drm, accel", _sub("gpu", "device", str)),
+        _F("gpu.class", STR, "`gpu.class`: the device node class (nvidiactl, nvidia-uvm, kfd, drm-render, ...)",
+           _sub("gpu", "class", str)),
+        _F("gpu.op", STR, "`gpu.op`: what the ioctl did (compute, channel, submit, mem, control, ...)",
+           _sub("gpu", "op", str)),
+        _F("gpu.ioctls", INT, "`gpu.ioctl_count`: GPU ioctls in the usage window", _sub("gpu", "ioctl_count", int)),
+        _F("gpu.mem_bytes", INT, "`gpu.mem_bytes`: device memory allocated in the window (as the ioctls say)",
+           _sub("gpu", "mem_bytes", int)),
+        _F("gpu.sm_util", INT, "`gpu.nvml.sm_util`: NVML per-process SM utilisation, percent", _nvml("sm_util")),
+        _F("gpu.used_bytes", INT, "`gpu.nvml.mem_bytes`: NVML per-process GPU memory in use", _nvml("mem_bytes")),
         _F("status.name", STR,
            "`status` of a status record: agent_started, root_exited, linger_expired, agent_finished, stopped, watching",
            _status_name),
