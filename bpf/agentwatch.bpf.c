@@ -5,6 +5,7 @@
  */
 #include "common.h"
 #include "socket.h"
+#include "gpu.bpf.c"       /* before process.bpf.c, whose fork/exec/exit probes call it */
 #include "process.bpf.c"
 #include "connect.bpf.c"
 #include "sockstate.bpf.c"

@@ -38,7 +38,8 @@
 #define AW_EVENT_CONNECT 4
 #define AW_EVENT_SEND 5
 #define AW_EVENT_CONN 6
-#define AW_EVENT_TYPES 7 /* one past the last tag: size of aw_lost */
+#define AW_EVENT_GPU 7     /* bpf/gpu.bpf.c: milestones and fd-resolve requests */
+#define AW_EVENT_TYPES 8 /* one past the last tag: size of aw_lost */
 
 /* aw_exec.flags */
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
@@ -190,7 +191,6 @@ struct aw_conn {
 };
 
 /* ---- GPU (bpf/gpu.bpf.c) ---- */
-#define AW_EVENT_GPU 7
 
 /* Bytes of an open path compared against GPU device paths. */
 #define AW_GPU_PATH_LEN 32
@@ -277,7 +277,7 @@ struct aw_gpu {
 	__u32 devclass;
 	__u32 op;           /* AW_GPU_OP_*; for RESOLVE: the ioctl cmd */
 	__u32 detail;
-	__u32 _pad;
+	__u32 milestone;    /* AW_GPU_MS_* bit, for a milestone */
 	__u64 value;        /* bytes allocated, when known */
 };
 

@@ -10,7 +10,7 @@
  * per ioctl, only a record the first time a process reaches a milestone.
  *
  * Numbers: NVIDIA open-gpu-kernel-modules (nv-ioctl-numbers.h, nv_escape.h,
- * nvos.h, class/cl*.h, ctrl/*.h, nvidia-uvm/uvm_ioctl.h); AMD
+ * nvos.h, class/clXXXX.h, ctrl/ctrlXXXX.h, nvidia-uvm/uvm_ioctl.h); AMD
  * include/uapi/linux/kfd_ioctl.h and drm/amdgpu_drm.h; Intel
  * drm/i915_drm.h and drm/xe_drm.h; drm/habanalabs_accel.h.
  */
@@ -99,7 +99,8 @@ static __always_inline u32 aw_gpu_path_class(union aw_path *p)
 	return 0;
 }
 
-static __always_inline void aw_gpu_emit(u32 kind, u32 agent, u32 fd, u32 devclass, u32 op, u32 detail, u64 value)
+static __always_inline void aw_gpu_emit(u32 kind, u32 agent, u32 fd, u32 devclass, u32 op, u32 detail,
+					u32 milestone, u64 value)
 {
 	struct aw_gpu *e = aw_events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
@@ -113,7 +114,7 @@ static __always_inline void aw_gpu_emit(u32 kind, u32 agent, u32 fd, u32 devclas
 	e->devclass = devclass;
 	e->op = op;
 	e->detail = detail;
-	e->_pad = 0;
+	e->milestone = milestone;
 	e->value = value;
 	aw_events.ringbuf_submit(e, 0);
 }
@@ -128,13 +129,17 @@ static __always_inline void aw_gpu_milestone(u32 tgid, u32 agent, u32 bit, u32 f
 		return;
 	/* 64-bit: the only atomic OR the BPF backend of BCC's LLVM offers. */
 	__sync_fetch_and_or(seen, (u64)bit);
-	aw_gpu_emit(AW_GPU_KIND_MILESTONE, agent, fd, devclass, op, detail, value);
+	aw_gpu_emit(AW_GPU_KIND_MILESTONE, agent, fd, devclass, op, detail, bit, value);
 }
 
 static __always_inline void aw_gpu_count(u32 tgid, u32 devclass, u32 op, u32 detail, u64 n)
 {
 	struct aw_gpu_count_key k = {.tgid = tgid, .devclass = devclass, .op = op, .detail = detail};
-	aw_gpu_counts.increment(k, n);
+	u64 zero = 0;
+	/* Not .increment(): on a per-CPU hash with a struct key BCC 0.26's increment never counts. */
+	u64 *v = aw_gpu_counts.lookup_or_try_init(&k, &zero);
+	if (v)
+		*v += n;
 }
 
 static __always_inline int aw_gpu_open_enter(const char *filename)
@@ -188,13 +193,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return aw_gpu_open_exit(args->ret
 TRACEPOINT_PROBE(syscalls, sys_enter_open) { return aw_gpu_open_enter(args->filename); }
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { return aw_gpu_open_exit(args->ret); }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close)
+/* Called from the one close(2) probe (payload.bpf.c). */
+static __always_inline void aw_gpu_on_close(u32 tgid, u32 fd)
 {
-	struct aw_gpu_fd_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = (u32)args->fd};
-	u32 agent;
-	if (aw_agent_of(k.tgid, &agent))
-		aw_gpu_fds.delete(&k);
-	return 0;
+	struct aw_gpu_fd_key k = {.tgid = tgid, .fd = fd};
+	aw_gpu_fds.delete(&k);
 }
 
 /* dup family: the new fd takes the old one's class, or loses a stale one. */
@@ -281,8 +284,11 @@ static __always_inline u32 aw_gpu_fd_class(struct aw_gpu_fd_key *k)
 	cls = aw_gpu_fds.lookup(&pk);
 	if (!cls)
 		return 0;
-	u32 value = *cls;
+	u32 value = *cls, agent;
 	aw_gpu_fds.update(k, &value);
+	/* Its first GPU fd came by inheritance: that is this process's "open". */
+	aw_agent_of(k->tgid, &agent);
+	aw_gpu_milestone(k->tgid, agent, AW_GPU_MS_OPEN, k->fd, value & 0xff, AW_GPU_OP_OPEN, 1, 0);
 	return value;
 }
 
@@ -504,7 +510,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 		u8 one = 1;
 		if (aw_gpu_looks_like_gpu(cmd) && aw_gpu_unknown.lookup(&k) == NULL) {
 			aw_gpu_unknown.update(&k, &one);
-			aw_gpu_emit(AW_GPU_KIND_RESOLVE, agent, k.fd, 0, 0, cmd, 0);
+			aw_gpu_emit(AW_GPU_KIND_RESOLVE, agent, k.fd, 0, cmd, 0, 0, 0);
 		}
 		return 0;
 	}

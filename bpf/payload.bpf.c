@@ -350,5 +350,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	struct aw_fd_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->fd};
 	aw_payload_armed.delete(&key);
+	aw_gpu_on_close(key.tgid, key.fd);
 	return 0;
 }

@@ -33,6 +33,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	}
 	if (agent && aw_watched.update(&child_tgid, &agent))
 		aw_stats.increment(AW_STAT_WATCH_FULL);
+	aw_gpu_on_fork(parent_tgid, child_tgid);
 
 	struct aw_fork *e = aw_events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
@@ -104,6 +105,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 	if (!aw_agent_of(bpf_get_current_pid_tgid() >> 32, &agent))
 		return 0;
+	aw_gpu_on_exec(bpf_get_current_pid_tgid() >> 32);
 	struct aw_exec_pending *p = aw_exec_pending.lookup(&old_tid);
 	struct aw_exec *e = aw_exec_start(p ? p->flags : 0);
 	if (p)
@@ -227,6 +229,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (!aw_agent_of(tgid, &agent))
 		return 0;
 	aw_watched.delete(&tgid);
+	aw_gpu_on_exit(tgid);
 
 	struct aw_exit *e = aw_events.ringbuf_reserve(sizeof(*e));
 	if (!e) {

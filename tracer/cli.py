@@ -63,6 +63,7 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
     and a stop flag for SIGINT/SIGTERM; everything undone on the way out."""
     from .probes import Probes  # noqa: PLC0415
+    from .gpu import GpuMonitor, nvidia_present  # noqa: PLC0415
     from .session import Pipeline, StopFlag  # noqa: PLC0415
 
     engine = Engine(_load_rules(rules_paths).rules)  # before the BPF compile: a bad rule fails fast
@@ -74,7 +75,10 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             )
         except ProbeError as exc:
             fail(f"{exc} (run `agentwatch doctor` for details)")
-        pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events)
+        monitor = GpuMonitor(probes)
+        if not monitor.nvml.available and nvidia_present():
+            click.echo(f"agentwatch: notice: no per-process GPU utilisation: {monitor.nvml.reason}", err=True)
+        pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor)
         pipeline.table.seed_from_proc()
         stop = StopFlag()
         stack.callback(stop.restore)

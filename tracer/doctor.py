@@ -438,6 +438,24 @@ def check_cgroup2(host: Host):
     return OK, ", ".join(points), ""
 
 
+@check("GPU")
+def check_gpu(host: Host):
+    # Devices are found from /proc/devices; NVML gives per-process utilisation (optional).
+    from . import gpu  # noqa: PLC0415
+
+    majors = gpu.device_majors()
+    found = [name for name in ("nvidia", "nvidia-uvm", "kfd", "drm") if name in majors]
+    if not found and not gpu.nvidia_present():
+        return OK, "no GPU driver loaded; GPU tracking idles (device opens and ioctls are still watched)", ""
+    sampler = gpu.NvmlSampler()
+    if sampler.available:
+        return OK, f"drivers: {', '.join(found) or 'nvidia'}; NVML per-process utilisation available", ""
+    return (
+        WARN, f"drivers: {', '.join(found) or 'nvidia'}; no per-process utilisation: {sampler.reason}",
+        "pip install 'agentwatch[nvml]' (nvidia-ml-py) in agentwatch's environment",
+    )
+
+
 @check("ring buffer")
 def check_ringbuf(host: Host):
     release = host.uname_r()

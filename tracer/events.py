@@ -51,6 +51,7 @@ EVENT_EXIT = _D["AW_EVENT_EXIT"]
 EVENT_CONNECT = _D["AW_EVENT_CONNECT"]
 EVENT_SEND = _D["AW_EVENT_SEND"]
 EVENT_CONN = _D["AW_EVENT_CONN"]
+EVENT_GPU = _D["AW_EVENT_GPU"]
 EVENT_TYPES = _D["AW_EVENT_TYPES"]
 EVENT_NAMES = {
     EVENT_FORK: "fork",
@@ -59,6 +60,7 @@ EVENT_NAMES = {
     EVENT_CONNECT: "connect",
     EVENT_SEND: "send",
     EVENT_CONN: "connection",
+    EVENT_GPU: "gpu",
 }
 
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
@@ -212,7 +214,7 @@ class RawGpu(ct.Structure):
         ("devclass", u32),
         ("op", u32),
         ("detail", u32),
-        ("_pad", u32),
+        ("milestone", u32),
         ("value", u64),
     ]
 
@@ -352,6 +354,19 @@ class ConnEvent(Event):
     oldstate: int
 
 
+@dataclass(slots=True)
+class GpuEvent(Event):
+    """A GPU milestone reached, or an ioctl on an fd the kernel did not see opened."""
+
+    kind: int  # AW_GPU_KIND_*
+    fd: int
+    devclass: int
+    op: int  # for a resolve request: the ioctl command
+    detail: int
+    milestone: int  # AW_GPU_MS_* bit
+    value: int  # bytes allocated, when known
+
+
 def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
     """A struct.Struct with the ctypes class's layout, `_pad` fields skipped.
 
@@ -388,6 +403,7 @@ _EXIT = _struct_of(RawExit)
 _CONNECT = _struct_of(RawConnect)
 _SEND_HEAD = _struct_of(_RawSendHead)
 _CONN = _struct_of(RawConn)
+_GPU = _struct_of(RawGpu)
 _HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
 
 
@@ -398,6 +414,7 @@ _LAYOUTS = {
     EVENT_CONNECT: _CONNECT,
     EVENT_SEND: _SEND_HEAD,
     EVENT_CONN: _CONN,
+    EVENT_GPU: _GPU,
 }
 
 
@@ -440,4 +457,6 @@ def decode(raw: bytes) -> Event:
         return ExecEvent(*head, retval, flags, _cstr(filename), argv)
     if kind == EVENT_FORK:
         return ForkEvent(*head, *rest)
+    if kind == EVENT_GPU:
+        return GpuEvent(*head, *rest)
     return ExitEvent(*head, *rest)

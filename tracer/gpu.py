@@ -283,3 +283,59 @@ class NvmlSampler:
                 pass  # NOT_FOUND when no process used the GPU since the last sample
         self.samples = samples
         return samples
+
+
+def nvidia_present(proc_driver: Path = Path("/proc/driver/nvidia"), dev: Path = Path("/dev/nvidiactl")) -> bool:
+    return proc_driver.exists() or dev.exists()
+
+
+class GpuMonitor:
+    """The userland half of GPU tracking: resolver, counter drains, NVML samples.
+
+    `probes` needs gpu_counts, gpu_forget, gpu_set_fd, gpu_fds, gpu_drop_fd
+    and gpu_set_drm_driver (tracer.probes.Probes has them).
+    """
+
+    def __init__(self, probes, nvml: NvmlSampler | None = None, majors: dict[str, int] | None = None):
+        self.probes = probes
+        self.counters = GpuCounters()
+        self.nvml = nvml if nvml is not None else NvmlSampler()
+        self.majors = majors if majors is not None else device_majors()
+        self.active: set[int] = set()  # tgids with GPU fds or counters
+        self._last_tick = time.monotonic()
+        for minor, driver in drm_drivers().items():
+            probes.gpu_set_drm_driver(minor, driver)
+
+    def resolve(self, pid: int, fd: int) -> int:
+        """Classify an fd the kernel met first in an ioctl; tell the kernel if it is a GPU."""
+        cls = resolve_fd(pid, fd, self.majors)
+        if cls:
+            self.probes.gpu_set_fd(pid, fd, cls)
+            self.active.add(pid)
+        return cls
+
+    def after_exec(self, pid: int) -> None:
+        """A new image: fds that were closed on exec are no GPU fds any more."""
+        if pid not in self.active:
+            return
+        for fd in self.probes.gpu_fds(pid):
+            if not resolve_fd(pid, fd, self.majors):
+                self.probes.gpu_drop_fd(pid, fd)
+
+    def tick(self) -> tuple[float, dict[int, GpuUsage]]:
+        """What changed since the last tick, per process, with NVML samples attached."""
+        now = time.monotonic()
+        window, self._last_tick = now - self._last_tick, now
+        usage = self.counters.delta(self.probes.gpu_counts())
+        self.active.update(usage)
+        samples = self.nvml.poll(now)
+        if samples:
+            for pid, sample in samples.items():
+                usage.setdefault(pid, GpuUsage(pid)).nvml = sample
+        return window, usage
+
+    def forget(self, pid: int) -> None:
+        """A process is gone: drop its kernel counters and fd classes."""
+        if pid in self.active:
+            self.probes.gpu_forget(pid, self.counters.forget(pid))
+            self.active.discard(pid)

@@ -63,6 +63,21 @@ TRACEPOINTS = [
     ("syscalls", "sys_enter_sendmsg"),
     ("syscalls", "sys_enter_sendmmsg"),
     ("syscalls", "sys_enter_close"),
+    ("syscalls", "sys_enter_openat"),  # GPU device fds (bpf/gpu.bpf.c) from here on
+    ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_enter_openat2"),
+    ("syscalls", "sys_exit_openat2"),
+    ("syscalls", "sys_enter_open"),
+    ("syscalls", "sys_exit_open"),
+    ("syscalls", "sys_enter_dup"),
+    ("syscalls", "sys_exit_dup"),
+    ("syscalls", "sys_enter_dup2"),
+    ("syscalls", "sys_exit_dup2"),
+    ("syscalls", "sys_enter_dup3"),
+    ("syscalls", "sys_exit_dup3"),
+    ("syscalls", "sys_enter_fcntl"),
+    ("syscalls", "sys_exit_fcntl"),
+    ("syscalls", "sys_enter_ioctl"),
 ]
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -217,6 +232,48 @@ class Probes:
 
     def stats(self) -> dict[str, int]:
         return {name: sum(self._stats[ct.c_int(i)]) for i, name in events.STAT_NAMES.items()}
+
+    # GPU maps (bpf/gpu.bpf.c); tracer/gpu.py gives the numbers their meaning.
+
+    def gpu_counts(self) -> dict[tuple[int, int, int, int], int]:
+        """(tgid, devclass, op, detail) -> cumulative count (bytes for MEM_BYTES), summed over CPUs."""
+        out = {}
+        for k, v in self._bpf[b"aw_gpu_counts"].items():
+            out[(k.tgid, k.devclass, k.op, k.detail)] = sum(v)
+        return out
+
+    def gpu_forget(self, tgid: int, count_keys: list[tuple[int, int, int, int]]) -> None:
+        """Drop a gone process's counters and fd classes (BPF cannot delete by prefix)."""
+        counts, fds = self._bpf[b"aw_gpu_counts"], self._bpf[b"aw_gpu_fds"]
+        for tg, devclass, op, detail in count_keys:
+            key = counts.Key(tgid=tg, devclass=devclass, op=op, detail=detail)
+            try:
+                del counts[key]
+            except KeyError:
+                pass
+        for k in [k for k in fds.keys() if k.tgid == tgid]:
+            try:
+                del fds[k]
+            except KeyError:
+                pass
+
+    def gpu_set_fd(self, tgid: int, fd: int, devclass: int) -> None:
+        """What the userland resolver found an fd to be."""
+        fds = self._bpf[b"aw_gpu_fds"]
+        fds[fds.Key(tgid=tgid, fd=fd)] = ct.c_uint32(devclass)
+
+    def gpu_fds(self, tgid: int) -> dict[int, int]:
+        return {k.fd: v.value for k, v in self._bpf[b"aw_gpu_fds"].items() if k.tgid == tgid}
+
+    def gpu_drop_fd(self, tgid: int, fd: int) -> None:
+        fds = self._bpf[b"aw_gpu_fds"]
+        try:
+            del fds[fds.Key(tgid=tgid, fd=fd)]
+        except KeyError:
+            pass
+
+    def gpu_set_drm_driver(self, minor: int, driver: int) -> None:
+        self._bpf[b"aw_drm_driver"][ct.c_uint32(minor)] = ct.c_uint32(driver)
 
     def close(self) -> None:
         bpf, self._bpf = getattr(self, "_bpf", None), None

@@ -11,7 +11,7 @@ import re
 import socket
 import time
 
-from . import events
+from . import events, gpu
 from .agents import Agent
 from .dns import Question
 from .netscope import ScopeClassifier
@@ -211,9 +211,37 @@ def event_record(
     elif isinstance(ev, events.ConnEvent):
         rec["network"] = _endpoints(ev, 1)
         rec["connection"] = connection_json(ev)
+    elif isinstance(ev, events.GpuEvent):
+        rec["gpu"] = gpu_milestone_json(ev)
     if scope is not None and "network" in rec:
         scope.annotate(rec["network"])
     return rec
+
+
+def gpu_milestone_json(ev: events.GpuEvent) -> dict:
+    """A GPU milestone: the first time this process image reached it."""
+    return {
+        "event": "milestone",
+        "milestone": gpu.milestone_of_bit(ev.milestone),
+        "device": gpu.VENDOR_OF_CLASS.get(ev.devclass, "unknown"),
+        "class": gpu.CLASS_NAMES.get(ev.devclass, str(ev.devclass)),
+        "op": gpu.OP_NAMES.get(ev.op, str(ev.op)),
+        "detail": f"0x{ev.detail:x}",
+        "fd": ev.fd,
+        "bytes": ev.value,
+    }
+
+
+def gpu_usage_record(clock: Clock, proc: Process, agent: Agent | None, usage: dict) -> dict:
+    """A process's GPU activity over the last window (counters, NVML), from userland."""
+    return {
+        "kind": "event",
+        "type": "gpu",
+        "time": clock.now(),
+        "agent": agent.as_json() if agent is not None else None,
+        "process": process_json(proc),
+        "gpu": usage,
+    }
 
 
 def dns_record(send: dict, question: Question) -> dict:

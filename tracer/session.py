@@ -12,14 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import dns, events
+from . import dns, events, gpu
 from .agents import Agent, AgentRegistry
 from .launcher import GatedChild
 from .netscope import ScopeClassifier
 from .output import Writer
 from .probes import Probes
 from .proctree import Process, ProcessTable, read_exe_argv, read_stat, start_ticks_from_ns
-from .records import Clock, dns_record, event_record, lost_record, safe_text, status_record
+from .gpu import GpuMonitor
+from .records import Clock, dns_record, event_record, gpu_usage_record, lost_record, safe_text, status_record
 
 LOST_CHECK_SECONDS = 1.0
 # TCP connects remembered for their connection records; the oldest go first past this.
@@ -44,6 +45,7 @@ class Pipeline:
     rules: RecordConsumer | None = None
     show_events: bool = True  # False: only alerts, lost events and errors are written
     scope: ScopeClassifier = field(default_factory=ScopeClassifier)
+    gpu: GpuMonitor | None = None  # None: GPU records off (tests of other concerns)
     received: int = 0
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _lost_checked: float = 0.0
@@ -56,6 +58,13 @@ class Pipeline:
         if isinstance(ev, events.ConnEvent):
             self._handle_connection(ev)
             return
+        if isinstance(ev, events.GpuEvent):
+            if self.gpu is None:
+                return
+            if ev.kind == gpu.KIND_RESOLVE:
+                self.gpu.resolve(ev.pid, ev.fd)
+                return
+            self.gpu.active.add(ev.pid)  # its counters are flushed when it exits
         proc = self.table.lookup(ev.pid, start_ticks_from_ns(ev.start_ns), ev.ppid, ev.comm, ev.uid)
         self.table.refresh(proc, ev.comm, ev.ppid, ev.uid)
         if ev.agent_id:
@@ -66,6 +75,11 @@ class Pipeline:
             child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
         elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
             self.table.exec(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
+            if self.gpu is not None:
+                self.gpu.after_exec(ev.pid)
+        elif isinstance(ev, events.ExitEvent) and self.gpu is not None and ev.pid in self.gpu.active:
+            self.report_gpu()  # its last counters, before it is gone
+            self.gpu.forget(ev.pid)
         elif isinstance(ev, events.ConnectEvent) and ev.sock_cookie and ev.protocol == _TCP:
             self._remember_connector(ev.sock_cookie, proc)
         record = event_record(self.clock, ev, proc, agent, child, self.scope)
@@ -135,10 +149,23 @@ class Pipeline:
         now = time.monotonic()
         if now - self._lost_checked >= LOST_CHECK_SECONDS:
             self.report_lost()
+            self.report_gpu()
             self._lost_checked = now
         if batch:
             self.writer.flush()
         return len(batch)
+
+    def report_gpu(self) -> None:
+        """A gpu usage record for each process whose GPU counters or NVML figures moved."""
+        if self.gpu is None:
+            return
+        window, usage = self.gpu.tick()
+        for pid, use in usage.items():
+            proc = self.table.get(pid)
+            if proc is None or (not proc.agent_id and not self.probes.config.host_wide):
+                continue  # NVML lists every GPU process on the host: keep the watched ones
+            agent = self.agents.by_kernel_id(proc.agent_id)
+            self.emit(gpu_usage_record(self.clock, proc, agent, use.as_json(window, self.gpu.counters.totals(pid))))
 
     def report_lost(self) -> None:
         """A lost event for whatever the kernel failed to hand over since the last check."""
@@ -153,6 +180,7 @@ class Pipeline:
         while self.drain(0):
             pass
         self.report_lost()
+        self.report_gpu()
         self.writer.flush()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tracer.gpu import GpuMonitor
 from tracer.launcher import GatedChild
 from tracer.output import MemoryWriter
 from tracer.probes import ProbeConfig, ProbeError, Probes
@@ -53,7 +54,7 @@ def trace(probes):
 
     def run(argv: list, linger: float = 2.0, labels: dict | None = None) -> Trace:
         writer = MemoryWriter()
-        pipeline = Pipeline(probes, writer)
+        pipeline = Pipeline(probes, writer, gpu=GpuMonitor(probes))
         pipeline.table.seed_from_proc()
         stop = StopFlag()
         try:
