@@ -56,6 +56,9 @@ def measure(tracers: list[Tracer], workloads: list[Workload], rounds: int, deadl
                 t.unavailable = str(exc)
                 notes.append(f"{t.name}: {exc}")
                 continue
+            except BaseException:  # interrupted while starting: undo what was started
+                t.stop()
+                raise
             try:
                 traced_block = {w.name: _run(w.argv, log) for w in workloads}
             finally:

@@ -5,6 +5,7 @@
 replay   `agentwatch replay` of 100k records (the replay phase's file)
 live     `agentwatch run --events` around a 100k UDP connect storm, then a 2000 exec storm
 startup  `agentwatch run -- exec_storm 0`: start to exit, no events
+kernel   run time of each BPF program per call (kernel.bpf_stats_enabled and bpftool)
 
 Needs py-spy (`.venv/bin/pip install py-spy`). Prints, per run, the functions
 with the most samples on the stack (total) and at the top (self), from
@@ -81,9 +82,70 @@ def main(modes: list[str]) -> None:
             spy(aw.run(["/bin/sh", "-c", script], output="/dev/null", events=True), d / "live.txt",
                 native="--native" in modes)
             print("== live: 100k UDP connects + 2000 execs\n" + top(d / "live.txt"))
+        if "kernel" in modes:
+            # The consumer keeps up with the slow storms (each record wakes it) and falls
+            # behind the UDP storm (few wake-ups): the per-call costs differ accordingly.
+            for what, script in (
+                ("100k UDP connects", f"{progs['net_storm']} udp 100000"),
+                ("2000 execs", f"{progs['exec_storm']} 2000"),
+                ("300 TCP connects 10 ms apart", f"{progs['tunnel']} connect 2222 300 10 2>/dev/null"),
+            ):
+                print(f"== kernel: BPF run time per program, {what}\n" + kernel_costs(aw, progs, script))
         if "startup" in modes:
             spy(aw.run([progs["exec_storm"], "0"], output="/dev/null"), d / "startup.txt")
             print("== startup\n" + top(d / "startup.txt"))
+
+
+
+def _prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds open (fdinfo prog_id)."""
+    import os  # noqa: PLC0415
+
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def kernel_costs(aw: Agentwatch, progs: dict[str, str], script: str) -> str:
+    """Run time per call of each agentwatch BPF program (kernel.bpf_stats_enabled, bpftool)
+    over a shell script; the sysctl is put back after."""
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats.read_text().strip()
+    stats.write_text("1")
+    try:
+        proc = subprocess.Popen(aw.run(["/bin/sh", "-c", script + "; sleep 3"], output="/dev/null"),
+                                stdout=subprocess.PIPE)
+        seen: dict = {}
+        while proc.poll() is None:
+            ids = _prog_ids(proc.pid)
+            out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+            for p in json.loads(out or "[]"):
+                if p.get("id") in ids and p.get("run_cnt"):
+                    seen[p["name"]] = (p["run_cnt"], p["run_time_ns"])
+            time.sleep(0.5)
+        proc.wait()
+    finally:
+        stats.write_text(before)
+    lines = ["program                           calls   ns/call   total ms"]
+    for name, (cnt, ns) in sorted(seen.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"{name:30s} {cnt:9d} {ns / cnt:9.0f} {ns / 1e6:10.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

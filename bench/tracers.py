@@ -300,6 +300,9 @@ class Auditd(Tracer):
             self.unavailable = "the kernel audit subsystem does not answer (auditctl -s)"
         elif audit_status().get("enabled") == 2:
             self.unavailable = "audit configuration is locked (enabled 2)"
+        else:
+            # Rules left by an earlier run that was killed: ours carry the key, nobody else's do.
+            subprocess.run([self.auditctl, "-D", "-k", AUDIT_KEY], capture_output=True)
 
     def version(self) -> str:
         if not self.auditctl:
@@ -309,6 +312,7 @@ class Auditd(Tracer):
     def start(self) -> None:
         before = audit_status()
         self.saved = {"enabled": before.get("enabled", 0), "backlog_limit": before.get("backlog_limit", 64)}
+        self.dir = None
         self.lost_before = before.get("lost", 0)
         self.dir = Path(tempfile.mkdtemp(prefix="awbench-audit-", dir=SHM))
         self.log = self.dir / "audit.log"
@@ -336,6 +340,8 @@ class Auditd(Tracer):
 
     def stop(self) -> None:
         """Our rules out, the daemon we started stopped, the kernel settings as they were."""
+        if not hasattr(self, "saved"):
+            return
         subprocess.run([self.auditctl, "-D", "-k", AUDIT_KEY], capture_output=True)
         lost = audit_status().get("lost", 0) - self.lost_before
         cpu = None
@@ -346,6 +352,8 @@ class Auditd(Tracer):
         subprocess.run([self.auditctl, "-e", str(self.saved["enabled"])], capture_output=True)
         subprocess.run([self.auditctl, "-b", str(self.saved["backlog_limit"])], capture_output=True)
         records = 0
+        if self.dir is None:
+            return
         try:
             with self.log.open("rb") as f:
                 records = sum(1 for line in f if line.startswith(b"type=SYSCALL") and b'key="' + AUDIT_KEY.encode() in line)

@@ -55,7 +55,19 @@ class MixFixture:
         self.server: subprocess.Popen | None = None
         self.error: str | None = None
 
+    @staticmethod
+    def remove_stale() -> None:
+        """Namespaces of earlier runs that were killed (awbench<pid> of a pid that is gone)."""
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name = line.split()[0] if line.split() else ""
+            pid = name[len("awbench"):]
+            if name.startswith("awbench") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
     def setup(self) -> bool:
+        if shutil.which("ip"):
+            self.remove_stale()
         shutil.copy(HERE / "mix" / "hello.c", self.dir / "hello.c")
         suite = self.dir / "suite"
         suite.mkdir()
