@@ -47,6 +47,8 @@ echo "== doctor"
 "${aw[@]}" doctor || true
 log=$(mktemp /tmp/agentwatch-gpu.XXXXXX.jsonl)
 echo "== agentwatch run -- $py demo/gpu_workload.py $seconds"
-"${aw[@]}" run --events --format json --output "$log" --label check=gpu -- "$py" "$repo/demo/gpu_workload.py" "$seconds"
-echo "== log: $log ($(wc -l <"$log") records)"
+rc=0
+"${aw[@]}" run --events --format json --output "$log" --label check=gpu -- "$py" "$repo/demo/gpu_workload.py" "$seconds" || rc=$?
+echo "== log: $log ($(wc -l <"$log") records); the workload exited with $rc"
 "$py" "$repo/scripts/gpu_summary.py" "$log"
+[ -n "${GPU_CHECK_OUT:-}" ] && cp "$log" "$GPU_CHECK_OUT/" || true
