@@ -2,7 +2,7 @@
 
 none      no tracing
 aw-run    `agentwatch run` with the workload as the agent (records to /dev/null)
-aw-watch  `agentwatch watch --all` in the background (records to a tmpfs file)
+aw-watch  `agentwatch watch --all --events` in the background (records to a tmpfs file)
 bpftrace  bpftrace with the same tracepoints, host-wide, printing to /dev/null
 auditd    auditd with execve/execveat and connect syscall rules
 
@@ -96,7 +96,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float, needle: by
 class AwWatch(Tracer):
     name = "aw-watch"
     host_wide = True
-    description = "agentwatch watch --all, records to a tmpfs file"
+    description = "agentwatch watch --all --events, records to a tmpfs file (without --events it writes nothing before the first alert, so it could not be seen to arm)"
 
     def __init__(self, aw: Agentwatch) -> None:
         super().__init__()
