@@ -321,8 +321,12 @@ static __always_inline void aw_nv_alloc(struct aw_gpu_op *o, u32 hclass, u64 par
 	else if (hclass == 0xA06C || hclass == 0x9067) {
 		o->op = AW_GPU_OP_TSG;
 		o->milestone = AW_GPU_MS_CHANNEL;
-	} else if (hclass == 0x83DE || hclass == 0xB0CC || hclass == 0xB1CC || hclass == 0xB2CC ||
-		   hclass == 0x90CC || hclass == 0x00DB) {
+	} else if (hclass == 0xB0CC || hclass == 0xB1CC || hclass == 0xB2CC || hclass == 0x90CC ||
+		   hclass == 0x00DB) {
+		/*
+		 * Profiler classes. Not GT200_DEBUGGER (0x83DE): CUDA allocates one
+		 * with every context (seen on an H200, driver 580), so it means nothing.
+		 */
 		o->op = AW_GPU_OP_DEBUG;
 		o->milestone = AW_GPU_MS_DEBUG;
 	} else if (hclass >= 0x9000 && low == 0x6F) {

@@ -42,7 +42,7 @@ def test_cuda_like_setup_is_classified(trace, progs, probes):
     assert (milestones["channel"]["op"], milestones["channel"]["detail"]) == ("tsg", "0xa06c")
     assert (milestones["compute"]["op"], milestones["compute"]["detail"]) == ("compute", "0xcbc0")
     assert (milestones["submit"]["op"], milestones["submit"]["device"]) == ("schedule", "nvidia")
-    assert milestones["debug"]["detail"] == "0x83de"  # GT200_DEBUGGER, reached through XFER_CMD
+    assert milestones["debug"]["detail"] == "0xb2cc"  # a profiler class, reached through XFER_CMD
     assert all(r["agent"]["id"] == t.agent_id for r in t.of_type("gpu"))
 
     totals = _totals(t, pid)
@@ -63,6 +63,7 @@ def test_cuda_like_setup_is_classified(trace, progs, probes):
         "nvidiactl.submit": 1,  # GET_WORK_SUBMIT_TOKEN
         "nvidiactl.control": 1,
         "nvidiactl.debug": 1,
+        "nvidiactl.other": 1,  # GT200_DEBUGGER: every CUDA context has one
         "nvidia.other": 1,  # an OS event object on the GPU node
         "nvidia-uvm.uvm_init": 1,
         "nvidia-uvm.channel": 1,

@@ -96,7 +96,8 @@ static void cuda(void)
 	rm_control(ctl, 0xC36F0108);  /* GET_WORK_SUBMIT_TOKEN */
 	rm_control(ctl, 0x20800101);  /* a plain query */
 	rm_alloc(gpu, 0x0079, NULL);  /* NV01_EVENT_OS_EVENT on the GPU node */
-	struct nvos64 dbg = {.hClass = 0x83DE}; /* GT200_DEBUGGER, wrapped in XFER */
+	rm_alloc(ctl, 0x83DE, NULL);  /* GT200_DEBUGGER: CUDA makes one per context, not a debug sign */
+	struct nvos64 dbg = {.hClass = 0xB2CC}; /* MAXWELL_PROFILER_DEVICE, wrapped in XFER */
 	struct nv_xfer x = {.cmd = 0x2b, .size = sizeof(dbg), .ptr = (uintptr_t)&dbg};
 	ioctl(ctl, NV_XFER, &x);
 	ioctl(uvm, UVM_INITIALIZE, NULL);
