@@ -163,7 +163,7 @@ class ProcessTable:
         self._by_pid[child_pid] = child
         return child
 
-    def exec(self, p: Process, comm: bytes, exe: bytes, argv: list[bytes], truncated: bool) -> None:
+    def new_image(self, p: Process, comm: bytes, exe: bytes, argv: list[bytes], truncated: bool) -> None:
         p.comm, p.exe, p.argv, p.argv_truncated = comm, exe, argv, truncated
         p.changed()
 

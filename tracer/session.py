@@ -74,7 +74,7 @@ class Pipeline:
         if isinstance(ev, events.ForkEvent):
             child = self.table.fork(proc, ev.child_pid, start_ticks_from_ns(ev.child_start_ns), ev.child_agent_id)
         elif isinstance(ev, events.ExecEvent) and ev.retval == 0:
-            self.table.exec(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
+            self.table.new_image(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
             if self.gpu is not None:
                 self.gpu.after_exec(ev.pid)
         elif isinstance(ev, events.ExitEvent) and self.gpu is not None and ev.pid in self.gpu.active:

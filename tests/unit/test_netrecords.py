@@ -47,7 +47,7 @@ def pipe():
                                                                       host_addresses=["192.0.2.10"]))
     p.agents.new(ROOT, {"run": "t"}, agent_id="agent-n")
     root = p.table.lookup(ROOT, start_ticks_from_ns(100 * SEC), ppid=P, comm=b"agent")
-    p.table.exec(root, b"agent", b"/usr/bin/agent", [b"agent"], False)
+    p.table.new_image(root, b"agent", b"/usr/bin/agent", [b"agent"], False)
     return p
 
 

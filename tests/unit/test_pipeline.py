@@ -59,7 +59,7 @@ def pipe():
     assert p.agent.kernel_id == 1
     # As run_agent does: the root is known before its first event.
     root = p.table.lookup(ROOT, start_ticks_from_ns(ROOT_START), ppid=P, comm=b"agent")
-    p.table.exec(root, b"agent", b"/usr/bin/agent", [b"agent", b"--run"], False)
+    p.table.new_image(root, b"agent", b"/usr/bin/agent", [b"agent", b"--run"], False)
     root.agent_id = 1
     probes.watch(ROOT, 1)
     return p

@@ -141,7 +141,7 @@ def test_lookup_creates_then_finds_the_same_process(table):
 
 def test_lookup_borrows_the_parents_image_when_proc_has_none(table):
     parent = table.lookup(P, 10, comm=b"sh")
-    table.exec(parent, b"sh", b"/bin/sh", [b"sh", b"-c", b"x"], False)
+    table.new_image(parent, b"sh", b"/bin/sh", [b"sh", b"-c", b"x"], False)
     child = table.lookup(P + 1, 20, ppid=P, comm=b"sh")
     assert child.parent is parent
     assert (child.exe, child.argv) == (b"/bin/sh", [b"sh", b"-c", b"x"])
@@ -149,7 +149,7 @@ def test_lookup_borrows_the_parents_image_when_proc_has_none(table):
 
 def test_fork_inherits_the_parents_image(table):
     parent = table.lookup(P, 10, comm=b"bash", uid=1000)
-    table.exec(parent, b"bash", b"/bin/bash", [b"bash", b"-l"], True)
+    table.new_image(parent, b"bash", b"/bin/bash", [b"bash", b"-l"], True)
     child = table.fork(parent, P + 1, 20, agent_id=3)
     assert table.get(P + 1) is child
     assert child.parent is parent
@@ -161,9 +161,9 @@ def test_fork_inherits_the_parents_image(table):
 
 def test_exec_changes_only_that_process(table):
     parent = table.lookup(P, 10)
-    table.exec(parent, b"bash", b"/bin/bash", [b"bash"], False)
+    table.new_image(parent, b"bash", b"/bin/bash", [b"bash"], False)
     child = table.fork(parent, P + 1, 20, 0)
-    table.exec(child, b"curl", b"/usr/bin/curl", [b"curl", b"https://example.com"], False)
+    table.new_image(child, b"curl", b"/usr/bin/curl", [b"curl", b"https://example.com"], False)
     assert (child.comm, child.exe, child.argv) == (b"curl", b"/usr/bin/curl", [b"curl", b"https://example.com"])
     assert (parent.comm, parent.exe, parent.argv) == (b"bash", b"/bin/bash", [b"bash"])
 
