@@ -161,6 +161,40 @@ class _Plan:
         return out
 
 
+def guarded(match: Callable[[dict], bool], guard) -> Callable[[dict], bool]:
+    """One rule's condition behind its own guard: a cheap test first, the condition only if it passes.
+
+    For the rules the plans do not index (steps of sequences, thresholds).
+    """
+    if guard is None:
+        return match
+    checks = []
+    for kind, name, values in guard:
+        get = F.field(name).get
+        if kind == "eq":
+            checks.append(lambda r, get=get, values=values: get(r) in values)
+        else:
+            gate = _any_literal(values)
+
+            def has_text(r, get=get, gate=gate):
+                text = get(r)
+                return text is not None and (not text.isascii() or gate(text.lower()) is not None)
+
+            checks.append(has_text)
+    if len(checks) == 1:
+        (check,) = checks
+        return lambda r: check(r) and match(r)
+    checks_t = tuple(checks)
+
+    def pred(r):
+        for check in checks_t:
+            if check(r):
+                return match(r)
+        return False
+
+    return pred
+
+
 def _any_literal(literals) -> Callable[[str], object]:
     """A search for any of the literals, as a regex shaped like their trie.
 
@@ -288,7 +322,7 @@ class Sequence(_Stateful):
         for k, step in enumerate(spec.steps):
             for t in step.events:
                 self.types.add(t)
-                self.steps_for[t] = self.steps_for.get(t, ()) + ((k, step.match),)
+                self.steps_for[t] = self.steps_for.get(t, ()) + ((k, guarded(step.match, step.guard)),)
 
     def _anchors(self, rec: dict) -> list | None:
         """(state key, process key that must match or None) for each key the record may continue."""
@@ -454,7 +488,7 @@ class Threshold(_Stateful):
         self.distinct = tuple(F.field(name).get for name in spec.distinct)
         self._value = _value_of([F.field(name) for name in spec.distinct])
         self.types = set(rule.events)
-        self.match = rule.match
+        self.match = guarded(rule.match, rule.guard)
 
     def feed(self, rec: dict, t: str):
         if not self.match(rec):

@@ -70,6 +70,7 @@ class Step:
     tree: object
     src: Source
     match: Predicate | None = None
+    guard: tuple | None = None
 
 
 @dataclass
@@ -724,6 +725,7 @@ def _compile_rule(compiler: Compiler, rule: Rule) -> None:
                 if cond_tree is not None:
                     step_tree = And([cond_tree, step_tree])
                 step.match = _with_exceptions(compiler.compile(step_tree), exc_fns)
+                step.guard = compiler.guard(step_tree)
             rule.match = None
             rule.guard = None
             return
