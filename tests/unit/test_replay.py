@@ -186,3 +186,22 @@ def test_pipeline_without_events_writes_only_alerts(raw):
     ])
     pipe.drain(0)
     assert [r["kind"] for r in lines(out.getvalue())] == ["alert"]
+
+
+def test_replay_bytes_do_not_depend_on_the_hash_seed(tmp_path):
+    """Sets and dicts iterate in hash order; nothing of it may reach the output."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(jsonl(recording()))
+    outs = []
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        proc = subprocess.run([sys.executable, "-m", "tracer.cli", "replay", str(path), "--rules", str(FIXTURE),
+                               "--events"], capture_output=True, env=env, timeout=60,
+                              cwd=Path(__file__).resolve().parents[2])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1] == outs[2] != b""
