@@ -337,3 +337,9 @@ def test_list_items_and_exception_values_are_taken_as_written():
     assert not r.match(rec(process={"argv": ["on", "xoffx"]}))
     assert not r.match(rec(process={"argv": ["on", "0x10"]}))
     assert r.match(rec(process={"argv": ["on", "16"]}))
+
+
+def test_absurd_nesting_is_an_error_not_a_traceback():
+    deep = "(" * 5000 + "proc.name = x" + ")" * 5000
+    assert "nests too deep" in error(f"- rule: r\n  severity: low\n  events: [exec]\n  condition: '{deep}'\n")
+    assert "nests too deep" in error("- " + "[" * 5000 + "]" * 5000 + "\n")

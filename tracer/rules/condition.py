@@ -314,7 +314,10 @@ class _Parser:
 
 def parse(src: Source):
     """The syntax tree of a condition, or ConditionError with its offset."""
-    return _Parser(src).parse()
+    try:
+        return _Parser(src).parse()
+    except RecursionError:
+        raise ConditionError("condition nests too deep", 0, src) from None
 
 
 def parse_append(src: Source):

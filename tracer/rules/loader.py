@@ -628,6 +628,12 @@ class _Loader:
     # -- the end of a load --------------------------------------------------
 
     def finish(self) -> RuleSet:
+        try:
+            return self._finish()
+        except RecursionError:
+            raise RulesError(f"{self.files[-1] if self.files else '<rules>'}: conditions nest too deep") from None
+
+    def _finish(self) -> RuleSet:
         lists = self._resolve_lists()
         macros = {name: tree for name, (tree, _) in self.macros.items()}
         compiler = Compiler(lists, macros)

@@ -101,7 +101,10 @@ def load_items(text: str, file: str) -> YList:
         empty = YList()
         empty.where, empty.item_line, empty.raw = Where(file, 1), [], []
         return empty
-    items = _Converter(file).convert(root)
+    try:
+        items = _Converter(file).convert(root)
+    except RecursionError:
+        raise RulesError(f"{file}:{root.start_mark.line + 1}: YAML: nests too deep") from None
     if not isinstance(items, YList):
         raise RulesError(f"{file}:{root.start_mark.line + 1}: a rules file is a YAML list of items (rule, macro, list)")
     for item, line in zip(items, items.item_line):
