@@ -226,15 +226,31 @@ def validate(rules_paths):
 @rules.command(name="list")
 @rules_option
 def list_rules(rules_paths):
-    """One line per rule: id, severity, kind, record types, MITRE ids, title."""
+    """One line per rule: id, severity, kind, record types, MITRE ids, index, title.
+
+    INDEX is what picks the records a rule is tested on (docs/rules.md, Cost):
+    a field looked up by value, a field searched for text (~), or - for every
+    record of its types; a sequence shows one per step.
+    """
     ruleset = _load_rules(rules_paths, check_examples=False)
-    rows = [("RULE", "SEVERITY", "KIND", "EVENTS", "MITRE", "TITLE")]
+    rows = [("RULE", "SEVERITY", "KIND", "EVENTS", "MITRE", "INDEX", "TITLE")]
     for r in ruleset.rules:
         title = r.title if r.enabled else f"{r.title} (disabled)"
-        rows.append((r.id, r.severity, r.kind, ",".join(r.all_events), ",".join(r.mitre) or "-", title))
+        rows.append((r.id, r.severity, r.kind, ",".join(r.all_events), ",".join(r.mitre) or "-", _index(r), title))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
+def _index(rule) -> str:
+    def show(guard) -> str:
+        if guard is None:
+            return "-"
+        return "|".join(name + ("~" if kind == "sub" else "") for kind, name, _ in guard)
+
+    if rule.sequence is not None:
+        return ";".join(show(step.guard) for step in rule.sequence.steps)
+    return show(rule.guard)
 
 
 @rules.command()

@@ -77,10 +77,13 @@ def test_list():
     result = cli("rules", "list", "--rules", FIXTURE)
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()
-    assert rows[0].split() == ["RULE", "SEVERITY", "KIND", "EVENTS", "MITRE", "TITLE"]
-    assert rows[1].split()[:5] == ["ssh-remote-forward", "high", "event", "exec", "T1572"]
-    assert rows[3].split()[:4] == ["tunnel-then-local", "critical", "sequence", "connect"]
-    assert rows[5].split()[:5] == ["descendant-survives", "medium", "event", "status", "-"]
+    assert rows[0].split() == ["RULE", "SEVERITY", "KIND", "EVENTS", "MITRE", "INDEX", "TITLE"]
+    assert rows[1].split()[:6] == ["ssh-remote-forward", "high", "event", "exec", "T1572", "proc.name|proc.exe~"]
+    assert rows[2].split()[:6] == ["tunnel-tool", "medium", "event", "exec", "T1572", "proc.name"]
+    assert rows[3].split()[:6] == ["tunnel-then-local", "critical", "sequence", "connect", "T1572",
+                                   "net.scope;net.scope"]
+    assert rows[4].split()[:6] == ["port-scan", "high", "threshold", "connect", "T1046", "net.internal"]
+    assert rows[5].split()[:6] == ["descendant-survives", "medium", "event", "status", "-", "status.name"]
 
 
 def test_test_passes_and_fails_with_file_and_line(tmp_path):
