@@ -66,9 +66,9 @@ def records(n: int, mix: str, seed: int = 7):
         sec = int(t)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{int((t - sec) * 1e9):09d}Z"
         argv = RARE[i % 3] if rnd.random() < 0.0005 else rnd.choice(COMMANDS)
-        pid = 1000 + (i % 3000)
+        pid = 1000 + rnd.randrange(300)  # a few hundred live processes, as in an agent's tree
         proc = {"pid": pid, "ppid": 900, "uid": 1000, "comm": argv[0][:15], "exe": f"/usr/bin/{argv[0]}",
-                "argv": argv, "argv_truncated": False, "key": f"{pid}:{5000 + i // 3000}", "ancestry": ANCESTRY}
+                "argv": argv, "argv_truncated": False, "key": f"{pid}:5000", "ancestry": ANCESTRY}
         kind = "exec" if mix == "exec" else rnd.choices(
             ["fork", "exec", "exit", "connect", "send", "dns"], [25, 25, 25, 15, 6, 4])[0]
         rec = {"kind": "event", "type": kind, "time": stamp, "agent": agent, "process": proc}
