@@ -7,6 +7,7 @@ child must instead wait for us to add its pid to the kernel's membership map.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 
@@ -20,6 +21,12 @@ class GatedChild:
     def __init__(self, argv: list[str]):
         if not argv:
             raise LaunchError("no command given")
+        # Resolve the PATH search here, not with execvp in the child: its failed
+        # tries would be watched execs whose process is still agentwatch, with
+        # agentwatch's command line (which holds the agent's command) as argv.
+        path = shutil.which(argv[0]) if "/" not in argv[0] else argv[0]
+        if path is None:
+            raise LaunchError(f"cannot run {argv[0]!r}: not found in PATH")
         gate_r, gate_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -32,7 +39,7 @@ class GatedChild:
                 if os.read(gate_r, 1) != b"x":
                     os._exit(126)  # agentwatch went away before releasing us
                 os.close(gate_r)
-                os.execvp(argv[0], argv)
+                os.execv(path, argv)
             except OSError as exc:
                 os.write(err_w, f"{exc.errno}".encode())
             finally:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import dns, events, gpu
+from .actions import Actor
 from .agents import Agent, AgentRegistry
+from .containment import Containment, blocked_alert
 from .launcher import GatedChild
 from .netscope import ScopeClassifier
 from .output import Writer
@@ -46,7 +48,11 @@ class Pipeline:
     show_events: bool = True  # False: only alerts, lost events and errors are written
     scope: ScopeClassifier = field(default_factory=ScopeClassifier)
     gpu: GpuMonitor | None = None  # None: GPU records off (tests of other concerns)
+    actor: Actor | None = None  # carries out rule actions (kill_process, kill_agent); None: report only
+    containment: Containment | None = None  # the agent's cgroup and egress policy (run --contain, watch --cgroup)
     received: int = 0
+    # Stop signals a watched process sent to agentwatch (tamper records): such a stop is ignored.
+    stop_signals_from_agents: list[int] = field(default_factory=list)
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _lost_checked: float = 0.0
     # struct sock of a TCP connect -> the process that made it, for its connection records.
@@ -83,11 +89,32 @@ class Pipeline:
         elif isinstance(ev, events.ConnectEvent) and ev.sock_cookie and ev.protocol == _TCP:
             self._remember_connector(ev.sock_cookie, proc)
         record = event_record(self.clock, ev, proc, agent, child, self.scope)
+        if isinstance(ev, events.BlockEvent):
+            self._emit_blocked(ev, record)
+            return
+        if isinstance(ev, events.TamperEvent):
+            self._note_tamper(ev, record)
         self.emit(record)
         if isinstance(ev, events.SendEvent):
             self._emit_dns(ev, record)
         elif isinstance(ev, events.ExitEvent):
             self.table.exit(proc)
+
+    def _emit_blocked(self, ev: events.BlockEvent, record: dict) -> None:
+        """A denial of the egress policy: its event record, then its alert (action "blocked")."""
+        containment = self.containment
+        if containment is not None:
+            containment.name_rule(record, ev)
+        self.emit(record)
+        self.writer.write(blocked_alert(record, dry_run=containment is not None and containment.dry_run))
+
+    def _note_tamper(self, ev: events.TamperEvent, record: dict) -> None:
+        tamper = record["tamper"]
+        cg = tamper.get("cgroup")
+        if cg is not None and cg["v2"] and self.containment is not None:
+            cg["leaves_agent"] = not self.containment.cgroup.contains(cg["path"])
+        if ev.kind == events.TAMPER_SIGNAL and ev.protected == events.PROTECT_SELF:
+            self.stop_signals_from_agents.append(ev.arg)
 
     def _remember_connector(self, cookie: int, proc: Process) -> None:
         self._connectors.pop(cookie, None)  # re-inserted last: the newest is evicted last
@@ -135,15 +162,23 @@ class Pipeline:
             self.emit(dns_record(send, question))
 
     def emit(self, record: dict) -> None:
-        """Write an event or status record (unless events are hidden) and its alerts."""
+        """Write an event or status record (unless events are hidden) and its alerts.
+
+        An alert's action (kill_process, kill_agent) is carried out before
+        the alert is written, and the alert records what was done.
+        """
         if self.show_events:
             self.writer.write(record)
         if self.rules is not None:
             for alert in self.rules.evaluate(record):
+                if self.actor is not None and alert.get("action", "none") != "none":
+                    self.actor.act(alert)
                 self.writer.write(alert)
 
     def drain(self, timeout_ms: int = 100) -> int:
         batch = self.probes.poll(timeout_ms)
+        if self.containment is not None:
+            batch += self.containment.poll()  # denials: their own ring buffer, read without waiting
         for raw in batch:
             self.handle(raw)
         now = time.monotonic()
@@ -172,7 +207,11 @@ class Pipeline:
         total = self.probes.lost_counts()
         delta = {k: v - self._lost_seen.get(k, 0) for k, v in total.items()}
         if any(delta.values()):
-            self.writer.write(lost_record(self.clock, delta, total))
+            record = lost_record(self.clock, delta, total)
+            self.writer.write(record)  # always shown, --events or not: losses are never silent
+            if self.rules is not None:
+                for alert in self.rules.evaluate(record):
+                    self.writer.write(alert)
             self.writer.flush()
         self._lost_seen = total
 
@@ -210,23 +249,69 @@ def _wait_status_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def agent_members(pipeline: Pipeline, agent: Agent) -> list[int]:
+    """The agent's processes: the kernel's membership, and whatever is in its cgroup."""
+    pids = set(pipeline.probes.members(agent.kernel_id))
+    if pipeline.containment is not None:
+        pids.update(pipeline.containment.cgroup.procs())
+    return sorted(pids)
+
+
+def stop_requested(pipeline: Pipeline, stop: StopFlag, agent: Agent | None) -> bool:
+    """True when a stop signal came from outside the agents.
+
+    A SIGTERM or SIGINT that a watched process sent to agentwatch (its tamper
+    record is in the ring buffer before the signal lands) is ignored: the
+    agent does not get to end its own monitoring. The tamper alert says so.
+    """
+    if not stop:
+        return False
+    pipeline.drain(0)
+    sent = pipeline.stop_signals_from_agents
+    if stop.signal in sent:
+        sent.remove(stop.signal)
+        pipeline.emit(status_record(pipeline.clock, "stop_ignored", agent, signal=stop.signal))
+        pipeline.writer.flush()
+        stop.signal = None
+        return False
+    return True
+
+
 def run_agent(
-    pipeline: Pipeline, child: GatedChild, labels: dict[str, str], linger: float, stop: StopFlag
+    pipeline: Pipeline, child: GatedChild, labels: dict[str, str], linger: float, stop: StopFlag,
+    kill_on_exit: bool = False,
 ) -> int:
-    """Watch the gated child as an agent; return its exit code once its tree is gone."""
+    """Watch the gated child as an agent; return its exit code once its tree is gone.
+
+    With pipeline.containment the child is moved into the agent's cgroup and
+    the egress policy attached before it may exec. kill_on_exit: once the
+    root has exited, SIGKILL every process of the agent still alive.
+    """
     agent = pipeline.agents.new(child.pid, labels)
     st = read_stat(child.pid)
     root = pipeline.table.lookup(child.pid, st.start_ticks if st else 0, os.getpid())
     root.agent_id = agent.kernel_id
     pipeline.probes.watch(child.pid, agent.kernel_id)
+    containment = pipeline.containment
+    if containment is not None:
+        try:
+            containment.cgroup.move(child.pid)
+            containment.start(pipeline.probes, agent.kernel_id)
+        except Exception:
+            child.abandon()
+            containment.release()
+            raise
     argv = [safe_text(os.fsencode(a)) for a in child.argv]
     pipeline.emit(status_record(pipeline.clock, "agent_started", agent, argv=argv))
+    if containment is not None:
+        pipeline.emit(status_record(pipeline.clock, "contained", agent, **containment.describe()))
     child.release()
 
     exit_code: int | None = None
     root_gone_at = 0.0
     reported_survivors = False
-    while not stop:
+    killed_survivors = False
+    while not stop_requested(pipeline, stop, agent):
         pipeline.drain(100)
         if exit_code is None:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
@@ -235,23 +320,57 @@ def run_agent(
             exit_code = _wait_status_code(status)
             root_gone_at = time.monotonic()
             pipeline.drain(0)
-        survivors = pipeline.probes.members(agent.kernel_id)
+        survivors = agent_members(pipeline, agent)
         if not survivors:
             break
         if not reported_survivors:
             reported_survivors = True
             _report_survivors(pipeline, agent, "root_exited", survivors, linger=linger)
+        if kill_on_exit and not killed_survivors:
+            killed_survivors = True
+            _kill_survivors(pipeline, agent)
+            continue
         if time.monotonic() - root_gone_at >= linger:
             _report_survivors(pipeline, agent, "linger_expired", survivors)
             break
     pipeline.finish()
+    if containment is not None:
+        released = containment.release()
+        pipeline.emit(status_record(pipeline.clock, "containment_released", agent, **released))
     if exit_code is None:  # stopped by a signal before the agent ended
-        survivors = pipeline.probes.members(agent.kernel_id)
+        survivors = agent_members(pipeline, agent)
         _report_survivors(pipeline, agent, "stopped", survivors, signal=stop.signal)
         return 128 + (stop.signal or signal.SIGTERM)
     pipeline.emit(status_record(pipeline.clock, "agent_finished", agent, exit_code=exit_code))
     pipeline.writer.flush()
     return exit_code
+
+
+def _kill_survivors(pipeline: Pipeline, agent: Agent) -> None:
+    """run --kill-on-exit: SIGKILL what outlives the root, and say what was done."""
+    actor = pipeline.actor or default_actor(pipeline)
+    started = time.monotonic()
+    result, pids = actor.kill_agent(agent.kernel_id)
+    pipeline.emit(status_record(pipeline.clock, "survivors_killed", agent, result=result, pids=pids,
+                                seconds=round(time.monotonic() - started, 6)))
+    pipeline.writer.flush()
+
+
+def default_actor(pipeline: Pipeline, dry_run: bool = False) -> Actor:
+    """The Actor of a session: membership from the kernel, the cgroup from the containment."""
+
+    def kernel_id(agent_id: str) -> int | None:
+        for a in pipeline.agents:
+            if a.id == agent_id:
+                return a.kernel_id
+        return None
+
+    def agent_cgroup(kid: int):
+        c = pipeline.containment
+        return c.cgroup if c is not None and c.agent_kernel_id == kid else None
+
+    return Actor(members=pipeline.probes.members, agent_cgroup=agent_cgroup, kernel_id=kernel_id,
+                 clock_offset_ns=pipeline.clock.offset_ns, dry_run=dry_run)
 
 
 def _report_survivors(pipeline: Pipeline, agent: Agent, status: str, pids: list[int], **extra) -> None:
@@ -266,8 +385,25 @@ def _report_survivors(pipeline: Pipeline, agent: Agent, status: str, pids: list[
 def watch(
     pipeline: Pipeline, pids: list[int], labels: dict[str, str], duration: float | None, stop: StopFlag
 ) -> int:
-    """Trace existing processes and their descendants (or the host) until stopped."""
-    if pids:
+    """Trace existing processes and their descendants (or the host, or a cgroup) until stopped.
+
+    With pipeline.containment (watch --cgroup), the cgroup is the agent: its
+    processes now and whatever enters it later, by cgroup id in the kernel.
+    """
+    agent = None
+    containment = pipeline.containment
+    if containment is not None:
+        members = containment.cgroup.procs()
+        agent = pipeline.agents.new(members[0] if members else os.getpid(), labels)
+        containment.start(pipeline.probes, agent.kernel_id)
+        for pid in members:
+            pipeline.probes.watch(pid, agent.kernel_id)
+            p = pipeline.table.get(pid)
+            if p is not None:
+                p.agent_id = agent.kernel_id
+        pipeline.emit(status_record(pipeline.clock, "watching", agent, pids=sorted(members),
+                                    **containment.describe()))
+    elif pids:
         agent = pipeline.agents.new(pids[0], labels)
         members = []
         for pid in pids:
@@ -286,9 +422,13 @@ def watch(
     else:
         pipeline.emit(status_record(pipeline.clock, "watching", None, host_wide=True))
     deadline = time.monotonic() + duration if duration else None
-    while not stop:
+    while not stop_requested(pipeline, stop, agent):
         pipeline.drain(100)
         if deadline is not None and time.monotonic() >= deadline:
             break
     pipeline.finish()
+    if containment is not None:
+        released = containment.release()
+        pipeline.emit(status_record(pipeline.clock, "containment_released", agent, **released))
+        pipeline.writer.flush()
     return 0
