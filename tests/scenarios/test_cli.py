@@ -62,10 +62,24 @@ def _read_until(proc: subprocess.Popen, predicate, timeout: float) -> list[dict]
     raise AssertionError(f"not seen within {timeout}s; got {seen[-5:]}")
 
 
+def _wait_or_kill(proc: subprocess.Popen, timeout: float, group: bool = False) -> None:
+    """Wait for proc; if it does not end in time, kill it (and its group) and fail."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(5)
+        raise AssertionError(f"{proc.args[:3]} did not end within {timeout}s of being told to") from None
+
+
 def test_watch_pid_adopts_an_existing_process_and_its_descendants(tmp_path):
     go = tmp_path / "go"
     target = subprocess.Popen(
-        ["sh", "-c", f"sh -c 'while [ ! -e {go} ]; do sleep 0.02; done; /bin/true watched-marker' & wait"]
+        ["sh", "-c", f"sh -c 'while [ ! -e {go} ]; do sleep 0.02; done; /bin/true watched-marker' & wait"],
+        start_new_session=True,  # its own process group: the finally below can end the whole loop
     )
     watcher = subprocess.Popen(
         [AGENTWATCH, "watch", "--pid", str(target.pid), "--duration", "20", "--label", "k=v", "--format", "json",
@@ -81,9 +95,10 @@ def test_watch_pid_adopts_an_existing_process_and_its_descendants(tmp_path):
         assert marker["agent"]["root_pid"] == target.pid and marker["agent"]["labels"] == {"k": "v"}
         assert target.pid in [a["pid"] for a in marker["process"]["ancestry"]]
     finally:
+        go.touch()  # also when the test failed early: the target's loop ends instead of spinning on
         watcher.send_signal(signal.SIGINT)
-        watcher.wait(10)
-        target.wait(10)
+        _wait_or_kill(watcher, 30)
+        _wait_or_kill(target, 10, group=True)
     assert watcher.returncode == 0
 
 
@@ -99,7 +114,7 @@ def test_watch_all_sees_processes_outside_any_agent():
         assert all(r["process"]["pid"] != watcher.pid for r in seen if r.get("process"))
     finally:
         watcher.send_signal(signal.SIGTERM)
-        watcher.wait(10)
+        _wait_or_kill(watcher, 30)
     assert watcher.returncode == 0
 
 
