@@ -10,3 +10,4 @@
 #include "connect.bpf.c"
 #include "sockstate.bpf.c"
 #include "payload.bpf.c"
+#include "guard.bpf.c"       /* self-protection: signals, ptrace, cgroup moves, bpf() */

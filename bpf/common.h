@@ -4,13 +4,15 @@
  *
  * Kernel struct fields are never read through header offsets (the headers
  * BCC compiles against may belong to another kernel and then give silently
- * wrong values). Each OFF_<STRUCT>_<MEMBER> below is a byte offset that
+ * wrong values). Each OFF_<STRUCT>_<MEMBER> is a byte offset that
  * tracer/probes.py reads from the running kernel's BTF and passes with -D.
+ * The record header (aw_fill_header) is in header.h, which the containment
+ * object shares.
  */
 #ifndef AGENTWATCH_COMMON_H
 #define AGENTWATCH_COMMON_H
 
-#include "events.h"
+#include "header.h"
 
 #ifndef AW_RINGBUF_PAGES
 #define AW_RINGBUF_PAGES 1024 /* 4 MiB: absorbs a stall of the reader */
@@ -39,6 +41,43 @@ BPF_PERCPU_ARRAY(aw_stats, u64, AW_STATS);
  */
 BPF_HASH(aw_watched, u32, u32, AW_WATCH_MAX);
 
+/*
+ * Membership by cgroup (run --contain, watch --cgroup): cgroup v2 id ->
+ * agent id. A process the tgid map does not know is looked up by its
+ * cgroup and by its cgroup's ancestors (a sub-cgroup the agent made is
+ * still the agent's), and on a hit joins the tgid map, so it pays this
+ * once. Compiled in only with AW_CGROUP_MEMBERSHIP=1: otherwise a process
+ * in no agent costs nothing more than the tgid lookup.
+ */
+#ifndef AW_CGROUP_MEMBERSHIP
+#define AW_CGROUP_MEMBERSHIP 0
+#endif
+#define AW_CGROUPS_MAX 64
+#define AW_CGROUP_DEPTH 8
+BPF_HASH(aw_cgroups, u64, u32, AW_CGROUPS_MAX);
+
+static __always_inline int aw_agent_of_cgroup(u32 tgid, u32 *agent)
+{
+#if AW_CGROUP_MEMBERSHIP
+	u64 id = bpf_get_current_cgroup_id();
+	u32 *found = aw_cgroups.lookup(&id);
+	for (int level = 1; level <= AW_CGROUP_DEPTH && !found; level++) {
+		u64 up = bpf_get_current_ancestor_cgroup_id(level);
+		if (!up || up == id)
+			break;
+		found = aw_cgroups.lookup(&up);
+	}
+	if (!found)
+		return 0;
+	*agent = *found;
+	if (aw_watched.update(&tgid, agent))
+		aw_stats.increment(AW_STAT_WATCH_FULL);
+	return 1;
+#else
+	return 0;
+#endif
+}
+
 static __always_inline int aw_agent_of(u32 tgid, u32 *agent)
 {
 	*agent = 0;
@@ -49,36 +88,9 @@ static __always_inline int aw_agent_of(u32 tgid, u32 *agent)
 		*agent = *found;
 		return 1;
 	}
+	if (aw_agent_of_cgroup(tgid, agent))
+		return 1;
 	return AW_HOST_WIDE;
-}
-
-static __always_inline void *aw_read_ptr(void *base, u64 offset)
-{
-	void *ptr = NULL;
-	bpf_probe_read_kernel(&ptr, sizeof(ptr), (char *)base + offset);
-	return ptr;
-}
-
-static __always_inline void aw_fill_header(struct aw_header *h, u32 type, u32 agent)
-{
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	void *task = (void *)bpf_get_current_task();
-	void *leader = aw_read_ptr(task, OFF_TASK_STRUCT_GROUP_LEADER);
-	void *parent = aw_read_ptr(task, OFF_TASK_STRUCT_REAL_PARENT);
-
-	h->type = type;
-	h->ktime_ns = bpf_ktime_get_ns();
-	h->pid = pid_tgid >> 32;
-	h->tid = (u32)pid_tgid;
-	h->uid = (u32)bpf_get_current_uid_gid();
-	h->agent_id = agent;
-	h->_pad = 0;
-	h->start_ns = 0;
-	h->ppid = 0;
-	bpf_probe_read_kernel(&h->start_ns, sizeof(h->start_ns),
-			      (char *)leader + OFF_TASK_STRUCT_START_BOOTTIME);
-	bpf_probe_read_kernel(&h->ppid, sizeof(h->ppid), (char *)parent + OFF_TASK_STRUCT_TGID);
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
 #endif /* AGENTWATCH_COMMON_H */

@@ -39,7 +39,9 @@
 #define AW_EVENT_SEND 5
 #define AW_EVENT_CONN 6
 #define AW_EVENT_GPU 7     /* bpf/gpu.bpf.c: milestones and fd-resolve requests */
-#define AW_EVENT_TYPES 8 /* one past the last tag: size of aw_lost */
+#define AW_EVENT_TAMPER 8  /* bpf/guard.bpf.c: a watched process acts against agentwatch */
+#define AW_EVENT_BLOCK 9   /* bpf/policy.bpf.c (its own object and ring buffer): egress denied */
+#define AW_EVENT_TYPES 10 /* one past the last tag: size of aw_lost */
 
 /* aw_exec.flags */
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
@@ -279,6 +281,53 @@ struct aw_gpu {
 	__u32 detail;
 	__u32 milestone;    /* AW_GPU_MS_* bit, for a milestone */
 	__u64 value;        /* bytes allocated, when known */
+};
+
+/* ---- containment (bpf/policy.bpf.c) and self-protection (bpf/guard.bpf.c) ---- */
+
+/* aw_block.hook: where the policy denied */
+#define AW_BLOCK_CONNECT 1           /* connect(): TCP, or UDP/ICMP connect */
+#define AW_BLOCK_SENDMSG 2           /* sendto()/sendmsg() with an address on a UDP socket */
+#define AW_POL_DEFAULT 65535         /* aw_block.rule: no rule matched, the default denied */
+
+/* A connect or send the egress policy denied (EPERM) in the agent's cgroup. */
+struct aw_block {
+	struct aw_header hdr;
+	__u64 cgroup_id;    /* the cgroup of the process that tried */
+	__u8 daddr[16];     /* IPv4 in the first 4 bytes */
+	__u16 family;       /* of daddr as judged: AF_INET for an IPv4 or v4-mapped destination */
+	__u16 protocol;     /* IPPROTO_TCP, IPPROTO_UDP, ... */
+	__u16 sock_type;
+	__u16 dport;        /* host order */
+	__u16 hook;         /* AW_BLOCK_* */
+	__u16 rule;         /* index of the deciding rule in the policy, or AW_POL_DEFAULT */
+	__u16 sock_family;  /* the socket's: AF_INET6 with family AF_INET is a v4-mapped destination */
+	__u16 _pad;
+};
+
+/* aw_tamper.kind */
+#define AW_TAMPER_SIGNAL 1           /* a signal to agentwatch or its parent */
+#define AW_TAMPER_PTRACE 2           /* PTRACE_ATTACH or PTRACE_SEIZE of any process */
+#define AW_TAMPER_CGROUP 3           /* a watched process moved to another cgroup (v2 or v1) */
+#define AW_TAMPER_BPF 4              /* bpf(2): once per process and command */
+
+/* aw_tamper.protected: who the target is */
+#define AW_PROTECT_SELF 1            /* agentwatch itself (any of its threads) */
+#define AW_PROTECT_PARENT 2          /* agentwatch's parent */
+
+#define AW_TAMPER_PATH_LEN 128
+
+/* A watched process acting against agentwatch or its containment. */
+struct aw_tamper {
+	struct aw_header hdr;
+	__u64 cgroup_id;    /* AW_TAMPER_CGROUP: the destination cgroup */
+	__u32 kind;         /* AW_TAMPER_* */
+	__u32 target_pid;   /* the process signalled, traced or moved; 0 for bpf */
+	__s32 arg;          /* the signal, the ptrace request, the bpf command, the destination's level */
+	__s32 result;       /* signal: the tracepoint's result; cgroup: the hierarchy id (0: v2) */
+	__u32 protected;    /* AW_PROTECT_* of the target, 0 when it is neither */
+	__u32 path_len;     /* bytes in path, without the NUL */
+	char path[AW_TAMPER_PATH_LEN]; /* AW_TAMPER_CGROUP: the destination, relative to its hierarchy */
 };
 
 #endif /* AGENTWATCH_EVENTS_H */

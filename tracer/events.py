@@ -52,6 +52,8 @@ EVENT_CONNECT = _D["AW_EVENT_CONNECT"]
 EVENT_SEND = _D["AW_EVENT_SEND"]
 EVENT_CONN = _D["AW_EVENT_CONN"]
 EVENT_GPU = _D["AW_EVENT_GPU"]
+EVENT_TAMPER = _D["AW_EVENT_TAMPER"]
+EVENT_BLOCK = _D["AW_EVENT_BLOCK"]
 EVENT_TYPES = _D["AW_EVENT_TYPES"]
 EVENT_NAMES = {
     EVENT_FORK: "fork",
@@ -61,6 +63,8 @@ EVENT_NAMES = {
     EVENT_SEND: "send",
     EVENT_CONN: "connection",
     EVENT_GPU: "gpu",
+    EVENT_TAMPER: "tamper",
+    EVENT_BLOCK: "blocked",
 }
 
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
@@ -96,6 +100,17 @@ STAT_NAMES = {
     STAT_EXEC_PENDING_FULL: "exec_pending_full",
     STAT_WATCH_FULL: "membership_full",
 }
+
+BLOCK_HOOKS = {_D["AW_BLOCK_CONNECT"]: "connect", _D["AW_BLOCK_SENDMSG"]: "sendmsg"}
+POL_DEFAULT = _D["AW_POL_DEFAULT"]
+TAMPER_SIGNAL = _D["AW_TAMPER_SIGNAL"]
+TAMPER_PTRACE = _D["AW_TAMPER_PTRACE"]
+TAMPER_CGROUP = _D["AW_TAMPER_CGROUP"]
+TAMPER_BPF = _D["AW_TAMPER_BPF"]
+TAMPER_KINDS = {TAMPER_SIGNAL: "signal", TAMPER_PTRACE: "ptrace", TAMPER_CGROUP: "cgroup", TAMPER_BPF: "bpf"}
+PROTECT_SELF = _D["AW_PROTECT_SELF"]
+PROTECT_PARENT = _D["AW_PROTECT_PARENT"]
+TAMPER_PATH_LEN = _D["AW_TAMPER_PATH_LEN"]
 
 u8, u16, u32, u64, s32 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64, ct.c_int32
 
@@ -219,6 +234,37 @@ class RawGpu(ct.Structure):
     ]
 
 
+# Containment: egress denials (bpf/policy.bpf.c) and acts against agentwatch (bpf/guard.bpf.c).
+class RawBlock(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("cgroup_id", u64),
+        ("daddr", u8 * 16),
+        ("family", u16),
+        ("protocol", u16),
+        ("sock_type", u16),
+        ("dport", u16),
+        ("hook", u16),
+        ("rule", u16),
+        ("sock_family", u16),
+        ("_pad", u16),
+    ]
+
+
+class RawTamper(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("cgroup_id", u64),
+        ("kind", u32),
+        ("target_pid", u32),
+        ("arg", s32),
+        ("result", s32),
+        ("protected", u32),
+        ("path_len", u32),
+        ("path", ct.c_char * TAMPER_PATH_LEN),
+    ]
+
+
 # Every C struct of events.h and its mirror, for the layout test.
 MIRRORS = {
     "aw_header": RawHeader,
@@ -231,6 +277,8 @@ MIRRORS = {
     "aw_gpu_fd_key": RawGpuFdKey,
     "aw_gpu_count_key": RawGpuCountKey,
     "aw_gpu": RawGpu,
+    "aw_block": RawBlock,
+    "aw_tamper": RawTamper,
 }
 # Of those, the ones that are map keys, not ring buffer records: they carry no header.
 MAP_KEYS = {"aw_gpu_fd_key", "aw_gpu_count_key"}
@@ -367,6 +415,34 @@ class GpuEvent(Event):
     value: int  # bytes allocated, when known
 
 
+@dataclass(slots=True)
+class BlockEvent(Event):
+    """A connect or send the egress policy denied (EPERM)."""
+
+    cgroup_id: int
+    daddr: bytes
+    family: int
+    protocol: int
+    sock_type: int
+    dport: int
+    hook: int  # AW_BLOCK_*
+    rule: int  # index in the policy, or POL_DEFAULT
+    sock_family: int  # AF_INET6 with family AF_INET: a v4-mapped destination
+
+
+@dataclass(slots=True)
+class TamperEvent(Event):
+    """A watched process signals, traces, moves or bpf()s: see bpf/guard.bpf.c."""
+
+    cgroup_id: int
+    kind: int  # AW_TAMPER_*
+    target_pid: int
+    arg: int
+    result: int
+    protected: int  # AW_PROTECT_* of the target, 0 if neither
+    path: bytes
+
+
 def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
     """A struct.Struct with the ctypes class's layout, `_pad` fields skipped.
 
@@ -404,6 +480,8 @@ _CONNECT = _struct_of(RawConnect)
 _SEND_HEAD = _struct_of(_RawSendHead)
 _CONN = _struct_of(RawConn)
 _GPU = _struct_of(RawGpu)
+_BLOCK = _struct_of(RawBlock)
+_TAMPER = _struct_of(RawTamper)
 _HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
 
 
@@ -415,6 +493,8 @@ _LAYOUTS = {
     EVENT_SEND: _SEND_HEAD,
     EVENT_CONN: _CONN,
     EVENT_GPU: _GPU,
+    EVENT_BLOCK: _BLOCK,
+    EVENT_TAMPER: _TAMPER,
 }
 
 
@@ -459,4 +539,9 @@ def decode(raw: bytes) -> Event:
         return ForkEvent(*head, *rest)
     if kind == EVENT_GPU:
         return GpuEvent(*head, *rest)
+    if kind == EVENT_BLOCK:
+        return BlockEvent(*head, *rest)
+    if kind == EVENT_TAMPER:
+        cgroup_id, tkind, target, arg, result, protected, path_len, path = rest
+        return TamperEvent(*head, cgroup_id, tkind, target, arg, result, protected, path[:min(path_len, TAMPER_PATH_LEN)].split(b"\0", 1)[0])
     return ExitEvent(*head, *rest)

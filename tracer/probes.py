@@ -17,6 +17,7 @@ from . import events
 from .btf import BtfError, load_btf
 
 MAIN_SOURCE = events.BPF_DIR / "agentwatch.bpf.c"
+POLICY_SOURCE = events.BPF_DIR / "policy.bpf.c"
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 # Kernel struct members the programs read; macro OFF_<STRUCT>_<MEMBER>.
@@ -78,6 +79,10 @@ TRACEPOINTS = [
     ("syscalls", "sys_enter_fcntl"),
     ("syscalls", "sys_exit_fcntl"),
     ("syscalls", "sys_enter_ioctl"),
+    ("signal", "signal_generate"),  # self-protection (bpf/guard.bpf.c) from here on
+    ("syscalls", "sys_enter_ptrace"),
+    ("cgroup", "cgroup_attach_task"),
+    ("syscalls", "sys_enter_bpf"),
 ]
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -141,6 +146,8 @@ class ProbeConfig:
     host_wide: bool = False
     ringbuf_pages: int = 1024  # power of two; 4 MiB
     self_tgid: int = 0
+    cgroups: bool = False      # membership also by cgroup id (run --contain, watch --cgroup)
+    guard_kill: bool = False   # kill, in the kernel, a watched process that SIGKILLs/SIGSTOPs agentwatch
 
 
 def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None) -> list[str]:
@@ -151,6 +158,8 @@ def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[
         f"-DAW_RINGBUF_PAGES={config.ringbuf_pages}",
         f"-DAW_HOST_WIDE={1 if config.host_wide else 0}",
         f"-DAW_SELF_TGID={config.self_tgid}",
+        f"-DAW_CGROUP_MEMBERSHIP={1 if config.cgroups else 0}",
+        f"-DAW_GUARD_KILL={1 if config.guard_kill else 0}",
     ]
     if exit_fields and "group_dead" in exit_fields:
         flags.append("-DAW_EXIT_HAS_GROUP_DEAD=1")
@@ -219,6 +228,22 @@ class Probes:
         except KeyError:
             pass
 
+    def watch_cgroup(self, cgroup_id: int, agent_id: int) -> None:
+        """Processes in this cgroup (or below it) belong to the agent (needs ProbeConfig.cgroups)."""
+        self._bpf[b"aw_cgroups"][ct.c_uint64(cgroup_id)] = ct.c_uint32(agent_id)
+
+    def unwatch_cgroup(self, cgroup_id: int) -> None:
+        try:
+            del self._bpf[b"aw_cgroups"][ct.c_uint64(cgroup_id)]
+        except KeyError:
+            pass
+
+    def protect(self, pids: dict[int, int]) -> None:
+        """pid -> events.PROTECT_*: signals and ptraces aimed at these are tamper records."""
+        table = self._bpf[b"aw_protected"]
+        for pid, kind in pids.items():
+            table[ct.c_uint32(pid)] = ct.c_uint32(kind)
+
     def members(self, agent_id: int) -> list[int]:
         """The tgids the kernel holds in an agent right now."""
         return [k.value for k, v in self._watched.items() if v.value == agent_id]
@@ -281,6 +306,157 @@ class Probes:
             bpf.cleanup()
 
     def __enter__(self) -> "Probes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# Containment: the egress policy programs, a second small BPF object.
+
+# (program in policy.bpf.c, BPFAttachType member)
+POLICY_HOOKS = (
+    ("aw_policy_connect4", "CGROUP_INET4_CONNECT"),
+    ("aw_policy_connect6", "CGROUP_INET6_CONNECT"),
+    ("aw_policy_sendmsg4", "CGROUP_UDP4_SENDMSG"),
+    ("aw_policy_sendmsg6", "CGROUP_UDP6_SENDMSG"),
+)
+POLICY_RULES = 64  # AW_POL_RULES
+BPF_F_ALLOW_MULTI = 2
+
+
+class PolicyProbes:
+    """bpf/policy.bpf.c: compiled and loaded, then filled from a policy, then attached to one cgroup.
+
+    A separate object so that runs without --contain never compile it (see
+    the comment at the top of policy.bpf.c). Its maps are filled completely
+    before anything is attached, and when one of the four programs fails to
+    attach the ones already attached are detached again: a policy is
+    enforced whole or not at all.
+    """
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            raise ProbeError("containment needs root (CAP_BPF, CAP_NET_ADMIN, write access to cgroupfs)")
+        try:
+            from bcc import BPF, BPFAttachType  # noqa: PLC0415
+        except ImportError:
+            raise ProbeError("the bcc Python module is missing: run `make setup`") from None
+        self._BPF = BPF
+        cflags = [f"-I{events.BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(kernel_offsets().items())]
+        started = time.monotonic()
+        try:
+            self._bpf = BPF(text=expand_includes(POLICY_SOURCE).encode(), cflags=cflags)
+            self._fns = [
+                (self._bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=getattr(BPFAttachType, kind)),
+                 getattr(BPFAttachType, kind))
+                for name, kind in POLICY_HOOKS
+            ]
+        except Exception as exc:  # BCC raises bare Exception for compile and load errors
+            raise ProbeError(f"cannot load the egress policy programs: {exc}") from None
+        self.armed_seconds = time.monotonic() - started
+        self._attached: list = []
+        self._cgroup_fd: int | None = None
+        self.filled = False
+        self._batch: list[bytes] = []
+        batch = self._batch
+
+        def on_record(_ctx, data, size):
+            batch.append(ct.string_at(data, size))
+            return 0
+
+        self._on_record = on_record
+        self._bpf[b"aw_blocks"].open_ring_buffer(on_record)
+
+    def fill(self, tables, agent_id: int, audit: bool = False) -> None:
+        """The policy's tables (tracer.policy.KernelTables) into the maps; `conf` last, which arms them.
+
+        audit: report what the policy would deny and deny nothing (--dry-run).
+        """
+        b = self._bpf
+        for name, entries in ((b"aw_pol_v4", tables.v4), (b"aw_pol_v6", tables.v6)):
+            trie = b[name]
+            for (plen, addr), mask in entries.items():
+                k = trie.Key()
+                k.prefixlen = plen
+                for i, byte in enumerate(addr):
+                    k.addr[i] = byte
+                trie[k] = ct.c_uint64(mask)
+        ports = b[b"aw_pol_ports"]
+        for port, mask in tables.ports.items():
+            ports[ct.c_uint16(port)] = ct.c_uint64(mask)
+        conf = b[b"aw_pol_conf"]
+        c = conf.Leaf()
+        c.active, c.deny, c.any_addr, c.any_port = tables.active, tables.deny, tables.any_addr, tables.any_port
+        for i, mask in enumerate(tables.proto):
+            c.proto[i] = mask
+        c.default_deny, c.agent_id, c.nranges = int(tables.default_deny), agent_id, len(tables.ranges)
+        c.audit = int(audit)
+        for i, (lo, hi, mask) in enumerate(tables.ranges):
+            c.ranges[i].lo, c.ranges[i].hi, c.ranges[i].rules = lo, hi, mask
+        conf[ct.c_int(0)] = c  # until now `active` was 0: every lookup allowed
+        self.filled = True
+
+    def attach(self, cgroup_path, multi: bool = False) -> None:
+        """Enforce on the cgroup and below. multi: beside programs others attached there (systemd's).
+
+        Without multi, nothing below the cgroup may attach programs of these
+        types: an agent that makes a sub-cgroup cannot override the policy.
+        """
+        if not self.filled:
+            raise ProbeError("the egress policy is not filled in: refusing to attach an empty one")
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        self._cgroup_fd = fd
+        try:
+            for fn, kind in self._fns:
+                self._BPF.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI if multi else 0)
+                self._attached.append((fn, kind))
+        except Exception as exc:
+            self.detach()
+            raise ProbeError(f"cannot attach the egress policy to {cgroup_path}: {exc}") from None
+
+    def detach(self) -> None:
+        fd, self._cgroup_fd = self._cgroup_fd, None
+        attached, self._attached = self._attached, []
+        for fn, kind in attached:
+            try:
+                self._BPF.detach_func(fn, fd, kind)
+            except Exception:  # the cgroup is gone, and its attachments with it
+                pass
+        if fd is not None:
+            os.close(fd)
+
+    def leave_attached(self) -> None:
+        """Keep enforcing after agentwatch exits (the cgroup still holds processes)."""
+        fd, self._cgroup_fd = self._cgroup_fd, None
+        self._attached = []
+        if fd is not None:
+            os.close(fd)
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._attached)
+
+    def poll(self, timeout_ms: int = 0) -> list[bytes]:
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out = self._batch[:]
+        self._batch.clear()
+        return out
+
+    def denied(self) -> tuple[list[int], int, int]:
+        """Denials per rule index, by the default, and denial records lost (ring buffer full)."""
+        t = self._bpf[b"aw_pol_denied"]
+        per = [sum(t[ct.c_int(i)]) for i in range(POLICY_RULES + 2)]
+        return per[:POLICY_RULES], per[POLICY_RULES], per[POLICY_RULES + 1]
+
+    def close(self) -> None:
+        self.detach()
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def __enter__(self) -> "PolicyProbes":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import re
+import signal
 import socket
 import time
 
@@ -213,6 +214,12 @@ def event_record(
         rec["connection"] = connection_json(ev)
     elif isinstance(ev, events.GpuEvent):
         rec["gpu"] = gpu_milestone_json(ev)
+    elif isinstance(ev, events.BlockEvent):
+        rec["network"] = blocked_network_json(ev)
+        rec["policy"] = {"name": None, "rule": None, "hook": events.BLOCK_HOOKS.get(ev.hook, str(ev.hook)),
+                         "action": "deny"}  # the names are the session's to fill: it knows the policy
+    elif isinstance(ev, events.TamperEvent):
+        rec["tamper"] = tamper_json(ev)
     if scope is not None and "network" in rec:
         scope.annotate(rec["network"])
     return rec
@@ -274,3 +281,60 @@ def status_record(clock: Clock, status: str, agent: Agent | None, **fields) -> d
     rec = {"kind": "status", "status": status, "time": clock.now(), "agent": agent.as_json() if agent else None}
     rec.update(fields)
     return rec
+
+
+def blocked_network_json(ev: events.BlockEvent) -> dict:
+    """Where a denied connect or send was going (the policy's view: no local end, no result)."""
+    daddr = ev.daddr[:4] if ev.family == AF_INET else ev.daddr
+    v4_mapped = ev.family == AF_INET and ev.sock_family == AF_INET6
+    protocol = _PROTOCOLS.get(ev.protocol)
+    if protocol is None:
+        protocol = _SOCK_TYPES.get(ev.sock_type, "unknown") if ev.protocol == 0 else str(ev.protocol)
+    return {
+        "family": "ipv6" if ev.sock_family == AF_INET6 else "ipv4",  # the socket's, as in connect records
+        "protocol": protocol,
+        "daddr": _ntop(daddr),
+        "dport": ev.dport,
+        "v4_mapped": v4_mapped,
+    }
+
+
+_SIGNAL_NAMES = {int(s): s.name for s in signal.Signals}
+_PTRACE_REQUESTS = {16: "PTRACE_ATTACH", 0x4206: "PTRACE_SEIZE"}
+# enum bpf_cmd (include/uapi/linux/bpf.h), in order.
+_BPF_CMDS = (
+    "BPF_MAP_CREATE BPF_MAP_LOOKUP_ELEM BPF_MAP_UPDATE_ELEM BPF_MAP_DELETE_ELEM BPF_MAP_GET_NEXT_KEY "
+    "BPF_PROG_LOAD BPF_OBJ_PIN BPF_OBJ_GET BPF_PROG_ATTACH BPF_PROG_DETACH BPF_PROG_TEST_RUN "
+    "BPF_PROG_GET_NEXT_ID BPF_MAP_GET_NEXT_ID BPF_PROG_GET_FD_BY_ID BPF_MAP_GET_FD_BY_ID "
+    "BPF_OBJ_GET_INFO_BY_FD BPF_PROG_QUERY BPF_RAW_TRACEPOINT_OPEN BPF_BTF_LOAD BPF_BTF_GET_FD_BY_ID "
+    "BPF_TASK_FD_QUERY BPF_MAP_LOOKUP_AND_DELETE_ELEM BPF_MAP_FREEZE BPF_BTF_GET_NEXT_ID "
+    "BPF_MAP_LOOKUP_BATCH BPF_MAP_LOOKUP_AND_DELETE_BATCH BPF_MAP_UPDATE_BATCH BPF_MAP_DELETE_BATCH "
+    "BPF_LINK_CREATE BPF_LINK_UPDATE BPF_LINK_GET_FD_BY_ID BPF_LINK_GET_NEXT_ID BPF_ENABLE_STATS "
+    "BPF_ITER_CREATE BPF_LINK_DETACH BPF_PROG_BIND_MAP BPF_TOKEN_CREATE"
+).split()
+_PROTECTED = {events.PROTECT_SELF: "agentwatch", events.PROTECT_PARENT: "agentwatch_parent"}
+
+
+def tamper_json(ev: events.TamperEvent) -> dict:
+    """What a watched process did against agentwatch or its containment (bpf/guard.bpf.c)."""
+    kind = events.TAMPER_KINDS.get(ev.kind, str(ev.kind))
+    out = {
+        "kind": kind,
+        "target_pid": ev.target_pid or None,
+        "target": _PROTECTED.get(ev.protected),
+        "signal": None,
+        "ptrace_request": None,
+        "bpf_cmd": None,
+        "cgroup": None,
+    }
+    if ev.kind == events.TAMPER_SIGNAL:
+        out["signal"] = _SIGNAL_NAMES.get(ev.arg, f"SIG{ev.arg}")
+    elif ev.kind == events.TAMPER_PTRACE:
+        out["ptrace_request"] = _PTRACE_REQUESTS.get(ev.arg, str(ev.arg))
+    elif ev.kind == events.TAMPER_BPF:
+        out["bpf_cmd"] = _BPF_CMDS[ev.arg] if 0 <= ev.arg < len(_BPF_CMDS) else str(ev.arg)
+    elif ev.kind == events.TAMPER_CGROUP:
+        # leaves_agent: the session knows the agent's cgroup and fills it in (null when it has none).
+        out["cgroup"] = {"path": safe_text(ev.path), "id": ev.cgroup_id, "level": ev.arg,
+                         "v2": ev.result == 0, "leaves_agent": None}
+    return out
