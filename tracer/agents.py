@@ -40,10 +40,19 @@ class AgentRegistry:
     def __init__(self) -> None:
         self._by_kernel_id: dict[int, Agent] = {}
         self._next = 1
+        self._reserved: str | None = None
+
+    def next_id(self) -> str:
+        """The id the next new agent will get (to name its cgroup before it starts)."""
+        if self._reserved is None:
+            self._reserved = f"agent-{secrets.token_hex(6)}"
+        return self._reserved
 
     def new(self, root_pid: int, labels: dict[str, str] | None = None, agent_id: str | None = None) -> Agent:
         kernel_id = self._next
         self._next += 1
+        if agent_id is None:
+            agent_id, self._reserved = self._reserved, None
         agent = Agent(agent_id or f"agent-{secrets.token_hex(6)}", kernel_id, root_pid, dict(labels or {}))
         self._by_kernel_id[kernel_id] = agent
         return agent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import click
 
@@ -37,6 +38,20 @@ def _load_rules(paths: tuple[str, ...], check_examples: bool = True) -> rules_lo
         rules_fail(exc)
 
 
+def _protected() -> dict[int, int]:
+    """agentwatch's threads and its parent, for the kernel's self-protection (bpf/guard.bpf.c)."""
+    from . import events as ev  # noqa: PLC0415
+
+    pids = {os.getppid(): ev.PROTECT_PARENT}
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [os.getpid()]
+    for tid in tids:
+        pids[tid] = ev.PROTECT_SELF
+    return pids
+
+
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     try:
         return parse_labels(pairs)
@@ -57,28 +72,84 @@ def _writer(stack: ExitStack, fmt: str | None, output: str | None):
     return TableWriter(stream) if fmt == "table" else JsonLinesWriter(stream)
 
 
+@dataclass
+class _Contain:
+    """What run --contain / watch --cgroup asked for, checked before anything is loaded."""
+
+    policy: object | None        # tracer.policy.Policy, or None (watch --cgroup without --policy)
+    cgroup: str | None = None    # watch --cgroup PATH; None: run --contain makes one
+    dry_run: bool = False
+
+
+def _load_policy(path: str | None):
+    from .policy import PolicyError, load  # noqa: PLC0415
+
+    try:
+        return load(path)
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)  # file:line: field: what
+        sys.exit(USAGE_ERROR)
+
+
 @contextmanager
 def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int,
-             rules_paths: tuple[str, ...] = (), show_events: bool = True):
+             rules_paths: tuple[str, ...] = (), show_events: bool = True, contain: _Contain | None = None,
+             dry_run: bool = False):
     """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
-    and a stop flag for SIGINT/SIGTERM; everything undone on the way out."""
+    and a stop flag for SIGINT/SIGTERM; everything undone on the way out.
+
+    contain: also the agent's cgroup (made or adopted) and the egress policy
+    programs (a second compile, after the main one: BCC 0.26 crashes when
+    two compile at once); the cgroup is placed and the policy attached by
+    run_agent / watch."""
+    from . import cgroups  # noqa: PLC0415
     from .probes import Probes  # noqa: PLC0415
     from .gpu import GpuMonitor, nvidia_present  # noqa: PLC0415
-    from .session import Pipeline, StopFlag  # noqa: PLC0415
+    from .session import Pipeline, StopFlag, default_actor  # noqa: PLC0415
 
     engine = Engine(_load_rules(rules_paths).rules)  # before the BPF compile: a bad rule fails fast
     with ExitStack() as stack:
         writer = _writer(stack, fmt, output)
+        cgroup = None
+        if contain is not None:
+            try:
+                if contain.cgroup is not None:
+                    cgroup = cgroups.adopt(contain.cgroup)
+                else:
+                    cgroups.require_mount()
+            except cgroups.CgroupError as exc:
+                fail(str(exc))
+        config = ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid(),
+                             cgroups=contain is not None, guard_kill=contain is not None and not dry_run)
         try:
-            probes = stack.enter_context(
-                Probes(ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid()))
-            )
+            probes = stack.enter_context(Probes(config))
         except ProbeError as exc:
             fail(f"{exc} (run `agentwatch doctor` for details)")
+        policy_probes = None
+        if contain is not None and contain.policy is not None:
+            from .probes import PolicyProbes  # noqa: PLC0415
+
+            try:
+                policy_probes = stack.enter_context(PolicyProbes())
+            except ProbeError as exc:
+                fail(f"{exc} (run `agentwatch doctor` for details)")
+        probes.protect(_protected())
         monitor = GpuMonitor(probes)
         if not monitor.nvml.available and nvidia_present():
             click.echo(f"agentwatch: notice: no per-process GPU utilisation: {monitor.nvml.reason}", err=True)
         pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor)
+        pipeline.actor = default_actor(pipeline, dry_run=dry_run)
+        if contain is not None:
+            from .containment import Containment  # noqa: PLC0415
+
+            if cgroup is None:
+                try:
+                    cgroup = cgroups.create_agent(pipeline.agents.next_id())
+                except cgroups.CgroupError as exc:
+                    fail(str(exc))
+            containment = Containment(cgroup, contain.policy, policy_probes, dry_run=dry_run)
+            pipeline.containment = containment
+            stack.callback(containment.release)  # on any way out; a no-op once released
         pipeline.table.seed_from_proc()
         stop = StopFlag()
         stack.callback(stop.restore)
@@ -122,9 +193,17 @@ def main() -> None:
 @rules_option
 @events_option
 @ringbuf_option
+@click.option("--contain", is_flag=True,
+              help="Run the agent in its own cgroup with an egress policy enforced in the kernel.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Egress policy for --contain (default: policies/rl-sandbox.yaml).")
+@click.option("--dry-run", is_flag=True,
+              help="Report rule actions and policy denials without acting (no kill, no deny).")
+@click.option("--kill-on-exit", is_flag=True, help="SIGKILL the agent's processes that outlive its root.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, ebpf, command):
+def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain, policy_path, dry_run,
+        kill_on_exit, ebpf, command):
     """Run COMMAND as an agent and report what its process tree does."""
     if ebpf:
         click.echo(program_text())
@@ -133,22 +212,34 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, ebpf, c
         fail("run needs a command: agentwatch run [OPTIONS] -- CMD [ARGS]...")
     if linger < 0:
         fail("--linger must be >= 0")
+    if policy_path and not contain:
+        fail("--policy needs --contain")
     from .session import run_agent  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with _session(fmt, output, False, ringbuf_pages, rules_paths, events) as (pipeline, stop):
+    spec = _Contain(_load_policy(policy_path), dry_run=dry_run) if contain else None
+    with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run) as (pipeline, stop):
         try:
-            code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop)
+            code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop,
+                             kill_on_exit=kill_on_exit)
         except LaunchError as exc:
             pipeline.finish()
             click.echo(f"agentwatch: {exc}", err=True)
             code = 127
+        except ProbeError as exc:
+            pipeline.finish()
+            fail(str(exc))
     sys.exit(code)
 
 
 @main.command()
 @click.option("--pid", "-p", "pids", type=int, multiple=True, help="Process to watch with its descendants (repeatable).")
 @click.option("--all", "host_wide", is_flag=True, help="Watch every process on the host.")
+@click.option("--cgroup", "cgroup_path", metavar="PATH",
+              help="Watch an existing cgroup v2 (a container, a pod, a systemd unit) as one agent.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --cgroup: enforce this egress policy on the cgroup.")
+@click.option("--dry-run", is_flag=True, help="Report rule actions and policy denials without acting.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @label_option
 @format_option
@@ -156,10 +247,13 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, ebpf, c
 @rules_option
 @events_option
 @ringbuf_option
-def watch(pids, host_wide, duration, labels, fmt, output, rules_paths, events, ringbuf_pages):
-    """Trace existing processes and their descendants, or the whole host."""
-    if not pids and not host_wide:
-        fail("watch needs --pid PID (repeatable) or --all")
+def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, fmt, output, rules_paths, events,
+          ringbuf_pages):
+    """Trace existing processes and their descendants, a cgroup, or the whole host."""
+    if sum(map(bool, (pids, host_wide, cgroup_path))) != 1:
+        fail("watch needs one of --pid PID (repeatable), --cgroup PATH or --all")
+    if policy_path and not cgroup_path:
+        fail("--policy needs --cgroup (or use run --contain)")
     if duration is not None and duration <= 0:
         fail("--duration must be > 0")
     for pid in pids:
@@ -168,8 +262,15 @@ def watch(pids, host_wide, duration, labels, fmt, output, rules_paths, events, r
     from .session import watch as watch_loop  # noqa: PLC0415
 
     label_map = _labels(labels)
-    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events) as (pipeline, stop):
-        code = watch_loop(pipeline, list(pids), label_map, duration, stop)
+    spec = None
+    if cgroup_path:
+        spec = _Contain(_load_policy(policy_path) if policy_path else None, cgroup=cgroup_path, dry_run=dry_run)
+    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run) as (pipeline, stop):
+        try:
+            code = watch_loop(pipeline, list(pids), label_map, duration, stop)
+        except ProbeError as exc:
+            pipeline.finish()
+            fail(str(exc))
     sys.exit(code)
 
 
