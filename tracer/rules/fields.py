@@ -21,7 +21,8 @@ from typing import Callable
 # Field types. ADDR is an IP address as text: the only type `cidr` accepts.
 STR, INT, FLOAT, BOOL, ADDR, LIST = "str", "int", "float", "bool", "addr", "list[str]"
 
-RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "gpu", "lost", "status")
+RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "gpu", "tamper", "blocked", "lost",
+                "status")
 
 Getter = Callable[[dict], object]
 
@@ -277,11 +278,25 @@ def _status_survivors(r: dict):
     return None
 
 
+def _tamper_cgroup(key: str, typ: type) -> Getter:
+    def get(r: dict):
+        t = r.get("tamper")
+        if t.__class__ is dict:
+            c = t.get("cgroup")
+            if c.__class__ is dict:
+                v = c.get(key)
+                if v.__class__ is typ:
+                    return v
+        return None
+
+    return get
+
+
 _F = Field
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
-        _F("evt.type", STR, "`type`: exec, exit, fork, connect, send, connection, dns, lost; `status` for status records", _evt_type),
+        _F("evt.type", STR, "`type`: exec, exit, fork, connect, send, connection, dns, gpu, tamper, blocked, lost; `status` for status records", _evt_type),
         _F("evt.time", FLOAT, "`time`, in seconds since the epoch", _evt_time),
         _F("proc.pid", INT, "`process.pid`", _sub("process", "pid", int)),
         _F("proc.ppid", INT, "`process.ppid` (the parent now)", _sub("process", "ppid", int)),
@@ -348,8 +363,22 @@ FIELDS: dict[str, Field] = {
            _sub("gpu", "mem_bytes", int)),
         _F("gpu.sm_util", INT, "`gpu.nvml.sm_util`: NVML per-process SM utilisation, percent", _nvml("sm_util")),
         _F("gpu.used_bytes", INT, "`gpu.nvml.mem_bytes`: NVML per-process GPU memory in use", _nvml("mem_bytes")),
+        _F("tamper.kind", STR, "`tamper.kind`: signal, ptrace, cgroup, bpf", _sub("tamper", "kind", str)),
+        _F("tamper.target", STR, "`tamper.target`: agentwatch or agentwatch_parent when the act aims at them",
+           _sub("tamper", "target", str)),
+        _F("tamper.target_pid", INT, "`tamper.target_pid`: the process signalled, traced or moved",
+           _sub("tamper", "target_pid", int)),
+        _F("tamper.signal", STR, "`tamper.signal`: SIGTERM, SIGKILL, ...", _sub("tamper", "signal", str)),
+        _F("tamper.bpf_cmd", STR, "`tamper.bpf_cmd`: BPF_PROG_LOAD, BPF_PROG_DETACH, ...", _sub("tamper", "bpf_cmd", str)),
+        _F("tamper.cgroup_path", STR, "`tamper.cgroup.path`: the cgroup a process was moved to",
+           _tamper_cgroup("path", str)),
+        _F("tamper.leaves_cgroup", BOOL, "`tamper.cgroup.leaves_agent`: the move takes it out of the agent's cgroup",
+           _tamper_cgroup("leaves_agent", bool)),
+        _F("policy.rule", STR, "`policy.rule` of a blocked record: the policy rule that denied, or default",
+           _sub("policy", "rule", str)),
         _F("status.name", STR,
-           "`status` of a status record: agent_started, root_exited, linger_expired, agent_finished, stopped, watching",
+           ("`status` of a status record: agent_started, root_exited, linger_expired, agent_finished, stopped, "
+            "watching, contained, survivors_killed, stop_ignored, containment_released"),
            _status_name),
         _F("status.survivors", INT, "the number of `survivors` of a status record (processes still alive)",
            _status_survivors),
