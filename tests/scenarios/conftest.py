@@ -160,11 +160,14 @@ def agentwatch(net):
     """
 
     def run(argv: list[str], linger: float = 1.0, labels: dict | None = None, timeout: float = 60,
-            events: bool = True) -> Run:
+            events: bool = True, options: list[str] | tuple = (), rules: list[str] | tuple = ()) -> Run:
+        """options: more `agentwatch run` options (--contain, --policy F, ...); rules: more rules files."""
         out = net.tmp / f"run-{uuid.uuid4().hex[:8]}.jsonl"
         # Records go to a file: the agent inherits stdout and prints there.
         cmd = [AGENTWATCH, "run", "--format", "json", "--output", str(out), "--rules", RULES,
-               "--linger", str(linger)]
+               "--linger", str(linger), *options]
+        for extra in rules:
+            cmd += ["--rules", str(extra)]
         if events:
             cmd.append("--events")
         for k, v in (labels or {"scenario": "test"}).items():
