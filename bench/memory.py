@@ -1,67 +1,75 @@
 """agentwatch's memory with many live processes in the agent.
 
-progs/sleepers forks N children that sleep, says "ready", holds them a few
-seconds, then kills and reaps them, all inside `agentwatch run` (default
-rules, records to a tmpfs file). agentwatch is sampled every 100 ms: peak
-RSS (VmHWM), peak Private_Dirty (smaps_rollup), and the kernel memory of its
-BPF maps (memlock in fdinfo). The same run with no children gives the base.
+progs/sleepers forks N children that sleep and says "ready"; it holds them
+until its stdin closes, then kills and reaps them, all inside `agentwatch run
+--events` (default rules, records to a tmpfs file). agentwatch is sampled
+every 100 ms: peak RSS (VmHWM) and peak Private_Dirty (smaps_rollup) over
+the whole run, which includes the BPF compile, and Private_Dirty while the N
+processes are live, 2 s after "ready" (once their fork records are
+drained); plus the kernel memory of its BPF maps (memlock in fdinfo). The
+fork records in the output show how many processes agentwatch tracked. The
+same run with no children gives the base.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import time
 
 from awcli import Agentwatch
-from procmon import Sampler, bpf_map_memlock
+from procmon import Sampler, bpf_map_memlock, smaps_rollup
 from tracers import SHM
-from workloads import run_once
 
 
-def one(aw: Agentwatch, sleepers: str, n: int, hold: float) -> dict:
+def one(aw: Agentwatch, sleepers: str, n: int, settle: float = 2.0) -> dict:
     out = SHM / f"awbench-mem-{os.getpid()}.jsonl"
-    out.unlink(missing_ok=True)
-    holder: dict = {}
-
-    def on_start(proc):
-        holder["sampler"] = Sampler(proc.pid, 0.1).start()
-        holder["pid"] = proc.pid
-
-    # The map memory is read once the maps exist: a second thread would be overkill,
-    # so the sampler's samples carry time and the maps are read after the run starts.
-    import threading  # noqa: PLC0415
-
-    memlock: list[int] = []
-
-    def read_maps():
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 60 and "pid" in holder:
-            v = bpf_map_memlock(holder["pid"])
-            if v is None and memlock:
-                return
-            if v:
-                memlock.append(v)
-            time.sleep(0.5)
-
-    reader = threading.Thread(target=read_maps, daemon=True)
-
-    def on_start_all(proc):
-        on_start(proc)
-        reader.start()
-
-    res = run_once(aw.run([sleepers, str(n), str(hold)], output=str(out)), on_start=on_start_all, timeout=240)
-    sampler: Sampler = holder["sampler"]
+    stdout = SHM / f"awbench-mem-{os.getpid()}.out"
+    for p in (out, stdout):
+        p.unlink(missing_ok=True)
+    errf = tempfile.TemporaryFile()
+    with stdout.open("wb") as so:
+        proc = subprocess.Popen(aw.run([sleepers, str(n), "0"], output=str(out), events=True),
+                                stdin=subprocess.PIPE, stdout=so, stderr=errf)
+    sampler = Sampler(proc.pid, 0.1).start()
+    live_dirty = memlock = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if b"ready" in stdout.read_bytes():
+            time.sleep(settle)
+            live_dirty = smaps_rollup(proc.pid).get("Private_Dirty")
+            memlock = bpf_map_memlock(proc.pid)
+            break
+        time.sleep(0.05)
+    proc.stdin.close()  # sleepers kills and reaps its children, then exits
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     sampler.stop()
-    reader.join(timeout=5)
-    out.unlink(missing_ok=True)
+    errf.seek(0)
+    err = errf.read()
+    errf.close()
+    forks = 0
+    if out.exists():
+        with out.open("rb") as f:
+            forks = sum(1 for line in f if b'"type":"fork"' in line)
+    text = stdout.read_bytes().decode(errors="replace")
+    for p in (out, stdout):
+        p.unlink(missing_ok=True)
+    ok = proc.returncode == 0 and live_dirty is not None
     return {
-        "ok": res["ok"],
-        "processes": res.get("ops"),
-        "workload_s": res.get("elapsed_s"),
+        "ok": ok,
+        "processes": n,
+        "forks_recorded": forks,
+        "ready_line": next((ln for ln in text.splitlines() if ln.startswith("ready")), None),
         "peak_rss_mb": max(sampler.vm_hwm, sampler.peak_rss) / 2**20,
         "peak_private_dirty_mb": sampler.peak_private_dirty / 2**20,
-        "bpf_maps_mb": max(memlock) / 2**20 if memlock else None,
-        "error": "" if res["ok"] else res.get("stderr", "")[-300:],
+        "live_private_dirty_mb": live_dirty / 2**20 if live_dirty is not None else None,
+        "bpf_maps_mb": memlock / 2**20 if memlock else None,
+        "error": "" if ok else err.decode(errors="replace")[-300:],
     }
 
 
@@ -69,10 +77,10 @@ def measure(aw: Agentwatch, progs: dict[str, str], n: int, log) -> dict:
     if "sleepers" not in progs:
         return {"unavailable": "sleepers did not build"}
     log("  base (0 live processes)")
-    base = one(aw, progs["sleepers"], 0, 1)
+    base = one(aw, progs["sleepers"], 0)
     log(f"  {n} live processes")
-    loaded = one(aw, progs["sleepers"], n, 3)
+    loaded = one(aw, progs["sleepers"], n)
     per_proc = None
     if base["ok"] and loaded["ok"] and n:
-        per_proc = (loaded["peak_private_dirty_mb"] - base["peak_private_dirty_mb"]) * 2**20 / n
+        per_proc = (loaded["live_private_dirty_mb"] - base["live_private_dirty_mb"]) * 2**20 / n
     return {"base": base, "loaded": loaded, "private_dirty_per_process_bytes": per_proc, "n": n}
