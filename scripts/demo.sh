@@ -244,7 +244,7 @@ echo
 say "3/3 again with --contain (policies/rl-sandbox.yaml): the tunnel is refused in the kernel, the miner killed:"
 say "    agentwatch run --contain ${LABELS[*]} -- ip netns exec $NS_AGENT sh demo/agent.sh ..."
 rc=0
-run_agent 2224 --contain --format json --output "$JSON3" 2>/dev/null || rc=$?
+run_agent 2224 --contain --events --format json --output "$JSON3" 2>/dev/null || rc=$?
 kill_agent_leftovers
 "$PY" - "$JSON3" <<'EOF'
 import json, os, sys
@@ -266,7 +266,7 @@ if not any(a["rule"] == "egress-policy" and a["policy"]["rule"] == "outbound-ssh
 if not any(a["rule"] == "stratum-protocol" and a.get("action_result") == "killed" for a in alerts):
     problems.append("the miner was not killed")
 if not released or not released[0]["cgroup"]["removed"] or os.path.exists(released[0]["cgroup"]["path"]):
-    problems.append("the agent's cgroup was not removed")
+    problems.append(f"the agent's cgroup was not removed: {released}")
 else:
     print(f"  cgroup {released[0]['cgroup']['path']} removed; denials: {released[0]['denied']}")
 for p in problems:

@@ -139,6 +139,9 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             click.echo(f"agentwatch: notice: no per-process GPU utilisation: {monitor.nvml.reason}", err=True)
         pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor)
         pipeline.actor = default_actor(pipeline, dry_run=dry_run)
+        # Warm the scope classifier now (pyroute2's import and the first netlink read, ~150 ms):
+        # lazily, it delayed the agent's first connect record, and so a kill, by as much.
+        pipeline.scope.annotate({"daddr": "127.0.0.1"})
         if contain is not None:
             from .containment import Containment  # noqa: PLC0415
 
