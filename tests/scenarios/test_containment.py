@@ -436,3 +436,17 @@ def test_watch_cgroup_adopts_a_cgroup_and_enforces_a_policy(watched_cgroup, net)
     [rel] = [r for r in records if r.get("status") == "containment_released"]
     assert rel["policy_state"] == "detached" and rel["cgroup"]["removed"] is False
     assert cg.exists()  # an adopted cgroup is never removed
+
+
+def test_an_agent_that_sigkills_agentwatch_dies_first(agentwatch):
+    """SIGKILL cannot be resisted: agentwatch dies. Under --contain the sender is killed in the
+    kernel (bpf_send_signal) before its kill() returns, so it never runs on unwatched."""
+    from tracer.cgroups import remove
+
+    run = agentwatch(["sh", "-c", "kill -KILL $PPID; echo agent-survived"], options=CONTAIN,
+                     labels={"scenario": "sigkill"})
+    try:
+        assert run.returncode == -9
+        assert "agent-survived" not in run.output
+    finally:
+        remove(contained(run)["cgroup"]["path"])  # agentwatch could not: it was dead
