@@ -47,8 +47,11 @@ def targets(res: dict) -> list[dict]:
     lat = res.get("latency", {}).get("scenarios", {})
     worst = [v["p99_ms"] for v in lat.values() if isinstance(v, dict) and v.get("p99_ms") is not None]
     idle = (lat.get("connect") or {}).get("p99_ms")
+    steady = [v["steady_p99_ms"] for v in lat.values() if isinstance(v, dict) and v.get("steady_p99_ms") is not None]
     out.append({"target": "detection latency p99 < 50 ms",
-                "measured": f"{_num(idle, 1, ' ms')} (tunnel connect, idle); worst scenario {_num(max(worst) if worst else None, 1, ' ms')}",
+                "measured": f"{_num(idle, 1, ' ms')} (tunnel connect, idle); worst scenario "
+                            f"{_num(max(worst) if worst else None, 1, ' ms')}; after each run's first second "
+                            f"{_num(max(steady) if steady else None, 1, ' ms')} (worst)",
                 "met": None if not worst else max(worst) < 50})
     rp = (res.get("replay") or {}).get("events_per_s")
     out.append({"target": "replay >= 200k events/s", "measured": _num(rp["median"] / 1000, 1, "k/s") if rp else "n/a",
