@@ -215,8 +215,14 @@ class Pipeline:
             self.writer.flush()
         self._lost_seen = total
 
-    def finish(self) -> None:
-        while self.drain(0):
+    def finish(self, budget_s: float = 2.0) -> None:
+        """Drain what is queued, then the last lost and GPU figures.
+
+        Bounded in time: the probes are still attached, and on a busy host
+        (watch --all) the buffer never runs dry.
+        """
+        deadline = time.monotonic() + budget_s
+        while self.drain(0) and time.monotonic() < deadline:
             pass
         self.report_lost()
         self.report_gpu()

@@ -2,21 +2,20 @@
 
 Every rule carries a MITRE technique and examples that must and must not match (the
 loader runs them); a corpus of everyday developer and ML commands raises nothing of
-medium severity or above. The scenarios next to this file prove the same rules on the
-real tools.
+medium severity or above. tests/scenarios prove the same rules on the real tools.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
-from sandbox import RULES
 from tracer.rules import Engine
 from tracer.rules import loader
 
-pytestmark = pytest.mark.scenario
+RULES = Path(__file__).resolve().parents[2] / "rules"
 
 
 @pytest.fixture(scope="module")
