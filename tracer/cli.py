@@ -91,10 +91,27 @@ def _load_policy(path: str | None):
         sys.exit(USAGE_ERROR)
 
 
+def _scope_config(internal: tuple[str, ...], allow: tuple[str, ...]):
+    from .netscope import ScopeConfig  # noqa: PLC0415
+
+    try:
+        return ScopeConfig(internal=tuple(internal), allowlist=tuple(allow))
+    except ValueError as exc:
+        fail(f"--internal-cidr / --allow-dest: {exc}")
+
+
+def network_options(fn):
+    """Site knowledge for destination scope: extra internal networks, expected destinations."""
+    fn = click.option("--allow-dest", "allow_dests", multiple=True, metavar="CIDR",
+                      help="Expected destination (e.g. the model API): network.allowlisted (repeatable).")(fn)
+    return click.option("--internal-cidr", "internal_cidrs", multiple=True, metavar="CIDR",
+                        help="Network that counts as internal (scope private), e.g. a VPC (repeatable).")(fn)
+
+
 @contextmanager
 def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int,
              rules_paths: tuple[str, ...] = (), show_events: bool = True, contain: _Contain | None = None,
-             dry_run: bool = False):
+             dry_run: bool = False, scope_config=None):
     """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
     and a stop flag for SIGINT/SIGTERM; everything undone on the way out.
 
@@ -105,6 +122,7 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     from . import cgroups  # noqa: PLC0415
     from .probes import Probes  # noqa: PLC0415
     from .gpu import GpuMonitor, nvidia_present  # noqa: PLC0415
+    from .netscope import ScopeClassifier  # noqa: PLC0415
     from .session import Pipeline, StopFlag, default_actor  # noqa: PLC0415
 
     engine = Engine(_load_rules(rules_paths).rules)  # before the BPF compile: a bad rule fails fast
@@ -138,6 +156,8 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
         if not monitor.nvml.available and nvidia_present():
             click.echo(f"agentwatch: notice: no per-process GPU utilisation: {monitor.nvml.reason}", err=True)
         pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor)
+        if scope_config is not None:
+            pipeline.scope = ScopeClassifier(scope_config)
         pipeline.actor = default_actor(pipeline, dry_run=dry_run)
         # Warm the scope classifier now (pyroute2's import and the first netlink read, ~150 ms):
         # lazily, it delayed the agent's first connect record, and so a kill, by as much.
@@ -203,10 +223,11 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Report rule actions and policy denials without acting (no kill, no deny).")
 @click.option("--kill-on-exit", is_flag=True, help="SIGKILL the agent's processes that outlive its root.")
+@network_options
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain, policy_path, dry_run,
-        kill_on_exit, ebpf, command):
+        kill_on_exit, internal_cidrs, allow_dests, ebpf, command):
     """Run COMMAND as an agent and report what its process tree does."""
     if ebpf:
         click.echo(program_text())
@@ -221,7 +242,8 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
 
     label_map = _labels(labels)
     spec = _Contain(_load_policy(policy_path), dry_run=dry_run) if contain else None
-    with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run) as (pipeline, stop):
+    scope = _scope_config(internal_cidrs, allow_dests)
+    with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run, scope) as (pipeline, stop):
         try:
             code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop,
                              kill_on_exit=kill_on_exit)
@@ -250,8 +272,9 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
 @rules_option
 @events_option
 @ringbuf_option
+@network_options
 def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, fmt, output, rules_paths, events,
-          ringbuf_pages):
+          ringbuf_pages, internal_cidrs, allow_dests):
     """Trace existing processes and their descendants, a cgroup, or the whole host."""
     if sum(map(bool, (pids, host_wide, cgroup_path))) != 1:
         fail("watch needs one of --pid PID (repeatable), --cgroup PATH or --all")
@@ -268,7 +291,8 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
     spec = None
     if cgroup_path:
         spec = _Contain(_load_policy(policy_path) if policy_path else None, cgroup=cgroup_path, dry_run=dry_run)
-    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run) as (pipeline, stop):
+    scope = _scope_config(internal_cidrs, allow_dests)
+    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run, scope) as (pipeline, stop):
         try:
             code = watch_loop(pipeline, list(pids), label_map, duration, stop)
         except ProbeError as exc:
