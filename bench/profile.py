@@ -89,6 +89,7 @@ def main(modes: list[str]) -> None:
                 ("100k UDP connects", f"{progs['net_storm']} udp 100000"),
                 ("2000 execs", f"{progs['exec_storm']} 2000"),
                 ("300 TCP connects 10 ms apart", f"{progs['tunnel']} connect 2222 300 10 2>/dev/null"),
+                ("1M ioctls on a simulated GPU fd", f"{progs['gpu_storm']} 1000000"),
             ):
                 print(f"== kernel: BPF run time per program, {what}\n" + kernel_costs(aw, progs, script))
         if "startup" in modes:
