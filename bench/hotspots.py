@@ -1,6 +1,6 @@
 """Where agentwatch spends its time: py-spy over three runs (not part of make bench).
 
-  .venv/bin/python bench/profile.py [replay|live|startup ...]
+  .venv/bin/python bench/hotspots.py [replay|live|startup ...]
 
 replay   `agentwatch replay` of 100k records (the replay phase's file)
 live     `agentwatch run --events` around a 100k UDP connect storm, then a 2000 exec storm
