@@ -80,7 +80,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	__builtin_memcpy(e->saddr, info.saddr, 16);
 	if (sock && e->sock_cookie && (e->retval == 0 || e->retval == -AW_EINPROGRESS))
 		aw_payload_arm(e->fd, sock, e);
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	aw_connect_stash.delete(&pid_tgid);
 	/* After the connect record: a handshake decided inside connect() is reported now. */
 	aw_conn_connect_returned(stashed_sk);

@@ -116,7 +116,7 @@ static __always_inline void aw_gpu_emit(u32 kind, u32 agent, u32 fd, u32 devclas
 	e->detail = detail;
 	e->milestone = milestone;
 	e->value = value;
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 }
 
 /* Report a milestone the first time this process reaches it. */

@@ -76,7 +76,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
 	if (e) {
 		e->result = args->result;
 		e->protected = protect;
-		aw_events.ringbuf_submit(e, 0);
+		aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	}
 #if AW_GUARD_KILL
 	if (protect == AW_PROTECT_SELF && (args->sig == AW_SIGKILL || args->sig == AW_SIGSTOP))
@@ -98,7 +98,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
 	struct aw_tamper *e = aw_tamper_start(agent, AW_TAMPER_PTRACE, target, request);
 	if (e) {
 		e->protected = prot ? *prot : 0;
-		aw_events.ringbuf_submit(e, 0);
+		aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	}
 	return 0;
 }
@@ -122,7 +122,7 @@ TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
 	unsigned short loc = args->data_loc_dst_path & 0xFFFF;
 	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), (char *)args + loc);
 	e->path_len = n > 0 ? n - 1 : 0;
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	return 0;
 }
 
@@ -139,6 +139,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_bpf)
 	aw_bpf_seen.update(&key, &one);
 	struct aw_tamper *e = aw_tamper_start(agent, AW_TAMPER_BPF, 0, cmd);
 	if (e)
-		aw_events.ringbuf_submit(e, 0);
+		aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	return 0;
 }

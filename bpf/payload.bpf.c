@@ -153,7 +153,7 @@ static __always_inline int aw_send_emit(struct aw_send *e, u32 fd, u16 via, void
 	e->_pad = 0;
 	u32 size = offsetof(struct aw_send, data) + (e->captured & (AW_PAYLOAD_BUF - 1));
 	e->hdr.size = size;
-	if (aw_events.ringbuf_output(e, size, 0))
+	if (aw_events.ringbuf_output(e, size, AW_RB_FLAGS))
 		aw_lost.increment(AW_EVENT_SEND);
 	return 1;
 }

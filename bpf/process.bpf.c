@@ -47,7 +47,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	e->child_start_ns = 0;
 	bpf_probe_read_kernel(&e->child_start_ns, sizeof(e->child_start_ns),
 			      (char *)child + OFF_TASK_STRUCT_START_BOOTTIME);
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	return 0;
 }
 
@@ -94,7 +94,7 @@ static __always_inline void aw_exec_emit(struct aw_exec *e, u32 agent)
 	/* Only the used part of argv; the mask lets the verifier bound the length. */
 	u32 size = offsetof(struct aw_exec, argv) + (e->argv_size & (AW_ARGV_BUF - 1));
 	e->hdr.size = size;
-	if (aw_events.ringbuf_output(e, size, 0))
+	if (aw_events.ringbuf_output(e, size, AW_RB_FLAGS))
 		aw_lost.increment(AW_EVENT_EXEC);
 }
 
@@ -242,6 +242,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	e->_pad = 0;
 	bpf_probe_read_kernel(&e->exit_code, sizeof(e->exit_code),
 			      (char *)bpf_get_current_task() + OFF_TASK_STRUCT_EXIT_CODE);
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 	return 0;
 }

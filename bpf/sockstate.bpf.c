@@ -56,7 +56,7 @@ static __always_inline void aw_conn_emit(u64 sk, struct aw_conn_owner *o, u16 st
 	e->dport = dport;
 	e->oldstate = oldstate;
 	e->_pad = 0;
-	aw_events.ringbuf_submit(e, 0);
+	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
 }
 
 /*

@@ -88,6 +88,10 @@ TRACEPOINTS = [
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
+# The reader's tick: records are consumed at least this often (ms).
+POLL_MS = 10
+
+
 class ProbeError(RuntimeError):
     """The kernel side cannot be set up; the message says why and what to do."""
 
@@ -212,9 +216,16 @@ class Probes:
         self._on_record = on_record  # keep a reference: BCC holds only a C pointer
         self._bpf[b"aw_events"].open_ring_buffer(on_record)
 
-    def poll(self, timeout_ms: int = 100) -> list[bytes]:
-        """Records that arrived, waiting at most timeout_ms for the first."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+    def poll(self, timeout_ms: int = POLL_MS) -> list[bytes]:
+        """Records that arrived; if none, wait timeout_ms and look again.
+
+        The programs write without waking us (AW_RB_FLAGS in bpf/common.h),
+        so this consumes on a tick rather than blocking in epoll.
+        """
+        self._bpf.ring_buffer_consume()
+        if not self._batch and timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
+            self._bpf.ring_buffer_consume()
         out = self._batch[:]
         self._batch.clear()
         return out

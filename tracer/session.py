@@ -19,7 +19,7 @@ from .containment import Containment, blocked_alert
 from .launcher import GatedChild
 from .netscope import ScopeClassifier
 from .output import Writer
-from .probes import Probes
+from .probes import POLL_MS, Probes
 from .proctree import Process, ProcessTable, read_exe_argv, read_stat, start_ticks_from_ns
 from .gpu import GpuMonitor
 from .records import Clock, dns_record, event_record, gpu_usage_record, lost_record, safe_text, status_record
@@ -175,10 +175,17 @@ class Pipeline:
                     self.actor.act(alert)
                 self.writer.write(alert)
 
-    def drain(self, timeout_ms: int = 100) -> int:
+    def drain(self, timeout_ms: int = POLL_MS) -> int:
+        # Denials come on their own ring buffer and are handled after the main
+        # batch, so the fork and exec that preceded a denial are known when it
+        # is. Read before and after the main buffer: a denial read only before
+        # it could be missing its process's records, one read only after it
+        # could wait for the next tick.
+        denials = self.containment.poll() if self.containment is not None else []
         batch = self.probes.poll(timeout_ms)
         if self.containment is not None:
-            batch += self.containment.poll()  # denials: their own ring buffer, read without waiting
+            denials += self.containment.poll()
+        batch += denials
         for raw in batch:
             self.handle(raw)
         now = time.monotonic()
@@ -318,7 +325,7 @@ def run_agent(
     reported_survivors = False
     killed_survivors = False
     while not stop_requested(pipeline, stop, agent):
-        pipeline.drain(100)
+        pipeline.drain(POLL_MS)
         if exit_code is None:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
             if pid == 0:
@@ -429,7 +436,7 @@ def watch(
         pipeline.emit(status_record(pipeline.clock, "watching", None, host_wide=True))
     deadline = time.monotonic() + duration if duration else None
     while not stop_requested(pipeline, stop, agent):
-        pipeline.drain(100)
+        pipeline.drain(POLL_MS)
         if deadline is not None and time.monotonic() >= deadline:
             break
     pipeline.finish()
