@@ -244,20 +244,25 @@ def _net_internal(r: dict):
     return None
 
 
-def _nvml(key: str) -> Getter:
-    """A figure of the NVML sample on a gpu usage record."""
+def _nested(top: str, mid: str, key: str, typ: type) -> Getter:
+    """record[top][mid][key] when each level is a dict and the value has type typ."""
 
     def get(r: dict):
-        g = r.get("gpu")
-        if g.__class__ is dict:
-            n = g.get("nvml")
-            if n.__class__ is dict:
-                v = n.get(key)
-                if v.__class__ is int:
+        a = r.get(top)
+        if a.__class__ is dict:
+            b = a.get(mid)
+            if b.__class__ is dict:
+                v = b.get(key)
+                if v.__class__ is typ:
                     return v
         return None
 
     return get
+
+
+def _nvml(key: str) -> Getter:
+    """A figure of the NVML sample on a gpu usage record."""
+    return _nested("gpu", "nvml", key, int)
 
 
 def _status_name(r: dict):
@@ -390,17 +395,7 @@ _label_getters: dict[str, Field] = {}
 
 
 def _label_getter(key: str) -> Getter:
-    def get(r: dict):
-        a = r.get("agent")
-        if a.__class__ is dict:
-            labels = a.get("labels")
-            if labels.__class__ is dict:
-                v = labels.get(key)
-                if v.__class__ is str:
-                    return v
-        return None
-
-    return get
+    return _nested("agent", "labels", key, str)
 
 
 def field(name: str) -> Field | None:
