@@ -272,23 +272,24 @@ static __always_inline void aw_gpu_on_exit(u32 tgid)
 }
 
 /* The class of (tgid, fd), looking through a fork to the parent's table. */
-static __always_inline u32 aw_gpu_fd_class(struct aw_gpu_fd_key *k)
+static __always_inline u32 aw_gpu_fd_class(u32 tgid, u32 fd)
 {
-	u32 *cls = aw_gpu_fds.lookup(k);
+	struct aw_gpu_fd_key key = {.tgid = tgid, .fd = fd};
+	u32 *cls = aw_gpu_fds.lookup(&key);
 	if (cls)
 		return *cls;
-	u32 *parent = aw_gpu_parent.lookup(&k->tgid);
+	u32 *parent = aw_gpu_parent.lookup(&tgid);
 	if (!parent)
 		return 0;
-	struct aw_gpu_fd_key pk = {.tgid = *parent, .fd = k->fd};
-	cls = aw_gpu_fds.lookup(&pk);
+	struct aw_gpu_fd_key inherited = {.tgid = *parent, .fd = fd};
+	cls = aw_gpu_fds.lookup(&inherited);
 	if (!cls)
 		return 0;
 	u32 value = *cls, agent;
-	aw_gpu_fds.update(k, &value);
+	aw_gpu_fds.update(&key, &value);
 	/* Its first GPU fd came by inheritance: that is this process's "open". */
-	aw_agent_of(k->tgid, &agent);
-	aw_gpu_milestone(k->tgid, agent, AW_GPU_MS_OPEN, k->fd, value & 0xff, AW_GPU_OP_OPEN, 1, 0);
+	aw_agent_of(tgid, &agent);
+	aw_gpu_milestone(tgid, agent, AW_GPU_MS_OPEN, fd, value & 0xff, AW_GPU_OP_OPEN, 1, 0);
 	return value;
 }
 
@@ -509,7 +510,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	struct aw_gpu_fd_key k = {.tgid = pid_tgid >> 32, .fd = args->fd};
 	u32 cmd = args->cmd;
 	u64 arg = args->arg;
-	u32 value = aw_gpu_fd_class(&k);
+	u32 value = aw_gpu_fd_class(k.tgid, k.fd);
 	if (!value) {
 		u8 one = 1;
 		if (aw_gpu_looks_like_gpu(cmd) && aw_gpu_unknown.lookup(&k) == NULL) {

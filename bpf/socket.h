@@ -63,7 +63,8 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 }
 
 /*
- * fd -> struct socket, through task->files->fdt->fd[fd]->private_data.
+ * fd -> struct socket, through task_struct.files, files_struct.fdt, fdtable.fd[fd] and
+ * file.private_data, each at its BTF offset.
  * The socket's back pointer to its file proves the file is a socket.
  */
 static __always_inline void *aw_socket_of_fd(u32 fd)
