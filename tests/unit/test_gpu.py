@@ -68,9 +68,11 @@ def test_resolve_fd_of_a_plain_file_is_not_gpu(tmp_path):
     assert gpu.resolve_fd(os.getpid(), 99999, {}) == 0  # no such fd
 
 
-def test_resolve_fd_of_a_character_device():
-    with open("/dev/null") as f:  # a character device that is no GPU
-        assert gpu.resolve_fd(os.getpid(), f.fileno(), {"kfd": 1}) == D["AW_GPU_CLASS_KFD"]  # mem is major 1
+def test_resolve_fd_goes_by_device_number():
+    # /dev/null is character major 1: no GPU, until /proc/devices (faked) says kfd is major 1.
+    with open("/dev/null") as f:
+        assert gpu.resolve_fd(os.getpid(), f.fileno(), {}) == 0
+        assert gpu.resolve_fd(os.getpid(), f.fileno(), {"kfd": 1}) == D["AW_GPU_CLASS_KFD"]
 
 
 def test_drm_drivers_from_sysfs(tmp_path):

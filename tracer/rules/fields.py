@@ -167,14 +167,18 @@ def _argv0(p: dict):
     return argv[0] if argv else None
 
 
-def _cmdline(p: dict):
-    argv = p.get("argv")
+def _joined(argv):
+    """argv as one string, or None unless it is a list of strings."""
     if argv.__class__ is list:
         try:
             return " ".join(argv)
         except TypeError:
             return None
     return None
+
+
+def _cmdline(p: dict):
+    return _joined(p.get("argv"))
 
 
 def _exe_name(p: dict):
@@ -220,14 +224,7 @@ def _evt_time(r: dict):
 
 def _exec_cmdline(r: dict):
     e = r.get("exec")
-    if e.__class__ is dict:
-        argv = e.get("argv")
-        if argv.__class__ is list:
-            try:
-                return " ".join(argv)
-            except TypeError:
-                return None
-    return None
+    return _joined(e.get("argv")) if e.__class__ is dict else None
 
 
 def _exit_code(r: dict):

@@ -170,19 +170,18 @@ def load(paths: list[str | Path] | None = None, check_examples: bool = True) -> 
         except (OSError, UnicodeDecodeError) as exc:
             raise RulesError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         loader.load_text(text, str(path))
-    ruleset = loader.finish()
-    if check_examples:
-        for rule in ruleset.rules:
-            failures = run_examples(rule)
-            if failures:
-                raise RulesError(failures[0])
-    return ruleset
+    return _finish(loader, check_examples)
 
 
 def load_text(text: str, file: str = "<rules>", check_examples: bool = True) -> RuleSet:
     """Rules from one text (tests)."""
     loader = _Loader()
     loader.load_text(text, file)
+    return _finish(loader, check_examples)
+
+
+def _finish(loader: "_Loader", check_examples: bool) -> RuleSet:
+    """The loaded rule set; the first example that does not hold stops the load."""
     ruleset = loader.finish()
     if check_examples:
         for rule in ruleset.rules:
