@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,16 +200,29 @@ class GpuCounters:
     def __init__(self) -> None:
         self._last: dict[tuple[int, int, int, int], int] = {}
         self._totals: dict[int, dict[str, int]] = {}
+        self._held: set[tuple[int, int, int, int]] = set()  # counted, not yet reportable
 
-    def delta(self, counts: dict[tuple[int, int, int, int], int]) -> dict[int, GpuUsage]:
-        """counts: (tgid, devclass, op, detail) -> cumulative value, summed over CPUs."""
+    def delta(
+        self, counts: dict[tuple[int, int, int, int], int], ready: Callable[[int], bool] | None = None
+    ) -> dict[int, GpuUsage]:
+        """counts: (tgid, devclass, op, detail) -> cumulative value, summed over CPUs.
+
+        ready(tgid) False holds that process's change back for a later call:
+        the counters are read at any moment, and a child's ioctls can be in
+        the map before its fork event has reached the process table. Taking
+        the change then would drop it for good.
+        """
         out: dict[int, GpuUsage] = {}
         for key, value in counts.items():
             change = value - self._last.get(key, 0)
             if change <= 0:
                 continue
-            self._last[key] = value
             tgid, devclass, op, _detail = key
+            if ready is not None and not ready(tgid):
+                self._held.add(key)
+                continue
+            self._held.discard(key)
+            self._last[key] = value
             usage = out.setdefault(tgid, GpuUsage(tgid))
             if op == OP_MEM_BYTES:
                 usage.mem_bytes += change
@@ -222,13 +236,19 @@ class GpuCounters:
     def totals(self, tgid: int) -> dict[str, int]:
         return self._totals.get(tgid, {})
 
+    def pending(self, tgid: int) -> bool:
+        """Whether changes of this process are held back (see delta)."""
+        return any(k[0] == tgid for k in self._held)
+
     def forget(self, tgid: int) -> list[tuple[int, int, int, int]]:
         """Drop a gone process; returns its kernel keys so the caller deletes them."""
         keys = [k for k in self._last if k[0] == tgid]
         for k in keys:
             del self._last[k]
+        held = [k for k in self._held if k[0] == tgid]
+        self._held.difference_update(held)
         self._totals.pop(tgid, None)
-        return keys
+        return keys + held
 
 
 class NvmlSampler:
@@ -322,11 +342,14 @@ class GpuMonitor:
             if not resolve_fd(pid, fd, self.majors):
                 self.probes.gpu_drop_fd(pid, fd)
 
-    def tick(self) -> tuple[float, dict[int, GpuUsage]]:
-        """What changed since the last tick, per process, with NVML samples attached."""
+    def tick(self, ready: Callable[[int], bool] | None = None) -> tuple[float, dict[int, GpuUsage]]:
+        """What changed since the last tick, per process, with NVML samples attached.
+
+        ready: see GpuCounters.delta.
+        """
         now = time.monotonic()
         window, self._last_tick = now - self._last_tick, now
-        usage = self.counters.delta(self.probes.gpu_counts())
+        usage = self.counters.delta(self.probes.gpu_counts(), ready)
         self.active.update(usage)
         samples = self.nvml.poll(now)
         if samples:
@@ -336,6 +359,6 @@ class GpuMonitor:
 
     def forget(self, pid: int) -> None:
         """A process is gone: drop its kernel counters and fd classes."""
-        if pid in self.active:
+        if pid in self.active or self.counters.pending(pid):
             self.probes.gpu_forget(pid, self.counters.forget(pid))
             self.active.discard(pid)

@@ -83,7 +83,9 @@ class Pipeline:
             self.table.new_image(proc, ev.comm, ev.filename, ev.argv, ev.argv_truncated)
             if self.gpu is not None:
                 self.gpu.after_exec(ev.pid)
-        elif isinstance(ev, events.ExitEvent) and self.gpu is not None and ev.pid in self.gpu.active:
+        elif isinstance(ev, events.ExitEvent) and self.gpu is not None and (
+            ev.pid in self.gpu.active or self.gpu.counters.pending(ev.pid)
+        ):
             self.report_gpu()  # its last counters, before it is gone
             self.gpu.forget(ev.pid)
         elif isinstance(ev, events.ConnectEvent) and ev.sock_cookie and ev.protocol == _TCP:
@@ -201,13 +203,18 @@ class Pipeline:
         """A gpu usage record for each process whose GPU counters or NVML figures moved."""
         if self.gpu is None:
             return
-        window, usage = self.gpu.tick()
+        window, usage = self.gpu.tick(ready=self._reportable)
         for pid, use in usage.items():
             proc = self.table.get(pid)
-            if proc is None or (not proc.agent_id and not self.probes.config.host_wide):
+            if not self._reportable(pid):
                 continue  # NVML lists every GPU process on the host: keep the watched ones
             agent = self.agents.by_kernel_id(proc.agent_id)
             self.emit(gpu_usage_record(self.clock, proc, agent, use.as_json(window, self.gpu.counters.totals(pid))))
+
+    def _reportable(self, pid: int) -> bool:
+        """A process a gpu record can name: in the table, and watched (or host-wide)."""
+        proc = self.table.get(pid)
+        return proc is not None and bool(proc.agent_id or self.probes.config.host_wide)
 
     def report_lost(self) -> None:
         """A lost event for whatever the kernel failed to hand over since the last check."""

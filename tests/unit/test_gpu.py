@@ -102,6 +102,24 @@ def test_counters_report_changes_only_and_keep_totals():
     assert c.totals(10) == {}
 
 
+def test_counters_hold_back_a_process_not_yet_reportable():
+    # A forked child's ioctls can be in the kernel map before its fork event is
+    # handled: its change must wait, not be taken and dropped (a CI failure).
+    c = gpu.GpuCounters()
+    ctl, compute = D["AW_GPU_CLASS_NV_CTL"], D["AW_GPU_OP_COMPUTE"]
+    counts = {(10, ctl, compute, 0xCBC0): 2, (11, ctl, compute, 0xCBC0): 1}
+    known = {10}
+    first = c.delta(counts, ready=known.__contains__)
+    assert set(first) == {10} and c.pending(11) and not c.pending(10)
+    known.add(11)
+    second = c.delta(counts, ready=known.__contains__)
+    assert set(second) == {11} and second[11].ioctls == {"nvidiactl.compute": 1}
+    assert not c.pending(11)
+    # A process that never became reportable still has its kernel keys deleted.
+    c.delta({(12, ctl, compute, 0xCBC0): 1}, ready=known.__contains__)
+    assert c.forget(12) == [(12, ctl, compute, 0xCBC0)] and not c.pending(12)
+
+
 def test_milestone_names_come_from_the_header():
     assert gpu.milestone_of_bit(D["AW_GPU_MS_COMPUTE"]) == "compute"
     assert gpu.OP_NAMES[D["AW_GPU_OP_SUBMIT"]] == "submit"
