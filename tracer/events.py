@@ -502,6 +502,15 @@ def _cstr(raw: bytes) -> bytes:
     return raw.split(b"\0", 1)[0]
 
 
+_KTIME = struct.Struct("<Q")
+_KTIME_AT = RawHeader.ktime_ns.offset
+
+
+def ktime_of(raw: bytes) -> int:
+    """A record's kernel time (CLOCK_MONOTONIC ns), without decoding the rest."""
+    return _KTIME.unpack_from(raw, _KTIME_AT)[0]
+
+
 def decode(raw: bytes) -> Event:
     """One ring buffer record (bytes copied out of the callback) to an Event."""
     if len(raw) < HEADER_SIZE:

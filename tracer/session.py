@@ -25,6 +25,10 @@ from .gpu import GpuMonitor
 from .records import Clock, dns_record, event_record, gpu_usage_record, lost_record, safe_text, status_record
 
 LOST_CHECK_SECONDS = 1.0
+# A record's kernel time is taken just after its ring buffer slot is reserved,
+# and a reserved slot not yet submitted holds back the reader: a denial this
+# close to the cut may still be ahead of records that preceded it.
+DENIAL_SKEW_NS = 1_000_000
 # TCP connects remembered for their connection records; the oldest go first past this.
 CONNECTORS_MAX = 65536
 _TCP = 6
@@ -55,6 +59,7 @@ class Pipeline:
     stop_signals_from_agents: list[int] = field(default_factory=list)
     _lost_seen: dict[str, int] = field(default_factory=dict)
     _lost_checked: float = 0.0
+    _denials: list[bytes] = field(default_factory=list)  # read, not yet due (see _with_denials)
     # struct sock of a TCP connect -> the process that made it, for its connection records.
     _connectors: dict[int, Process] = field(default_factory=dict)
 
@@ -178,16 +183,12 @@ class Pipeline:
                 self.writer.write(alert)
 
     def drain(self, timeout_ms: int = POLL_MS) -> int:
-        # Denials come on their own ring buffer and are handled after the main
-        # batch, so the fork and exec that preceded a denial are known when it
-        # is. Read before and after the main buffer: a denial read only before
-        # it could be missing its process's records, one read only after it
-        # could wait for the next tick.
-        denials = self.containment.poll() if self.containment is not None else []
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC: a denial older than this has
+        # every record that preceded it in the main buffer by the time it is read.
+        cut = time.monotonic_ns() - DENIAL_SKEW_NS
         batch = self.probes.poll(timeout_ms)
         if self.containment is not None:
-            denials += self.containment.poll()
-        batch += denials
+            batch = self._with_denials(batch, cut)
         for raw in batch:
             self.handle(raw)
         now = time.monotonic()
@@ -198,6 +199,22 @@ class Pipeline:
         if batch:
             self.writer.flush()
         return len(batch)
+
+    def _with_denials(self, batch: list[bytes], cut: int | None) -> list[bytes]:
+        """Denials (their own ring buffer) merged into the main batch by kernel time.
+
+        A denial is handled between the records that came before and after it,
+        so its process's fork and exec are known and its exit not yet handled
+        (ancestry and argv intact). A denial at or after cut (taken before the
+        main buffer was read) may still be missing its process's records: it
+        waits for the next drain. cut None: everything is due (finish).
+        """
+        self._denials += self.containment.poll()
+        if not self._denials:
+            return batch
+        due = [d for d in self._denials if cut is None or events.ktime_of(d) < cut]
+        self._denials = [d for d in self._denials if cut is not None and events.ktime_of(d) >= cut]
+        return _merge_by_ktime(batch, sorted(due, key=events.ktime_of))
 
     def report_gpu(self) -> None:
         """A gpu usage record for each process whose GPU counters or NVML figures moved."""
@@ -238,9 +255,28 @@ class Pipeline:
         deadline = time.monotonic() + budget_s
         while self.drain(0) and time.monotonic() < deadline:
             pass
+        if self.containment is not None:
+            for raw in self._with_denials(self.probes.poll(0), None):
+                self.handle(raw)
         self.report_lost()
         self.report_gpu()
         self.writer.flush()
+
+
+def _merge_by_ktime(batch: list[bytes], due: list[bytes]) -> list[bytes]:
+    """batch (in ring buffer order) with the sorted records of due placed by kernel time."""
+    if not due:
+        return batch
+    out: list[bytes] = []
+    i = 0
+    for raw in batch:
+        t = events.ktime_of(raw)
+        while i < len(due) and events.ktime_of(due[i]) <= t:
+            out.append(due[i])
+            i += 1
+        out.append(raw)
+    out.extend(due[i:])
+    return out
 
 
 class StopFlag:

@@ -92,6 +92,19 @@ class RawRecords:
         return bytes(r)
 
     @classmethod
+    def block(cls, *, daddr: bytes, dport: int, family: int = 2, protocol: int = 6, rule: int = 0, **hdr) -> bytes:
+        r = events.RawBlock()
+        r.hdr = cls.header(events.EVENT_BLOCK, size=ct.sizeof(r), **hdr)
+        ct.memmove(r.daddr, daddr, len(daddr))
+        r.family = r.sock_family = family
+        r.protocol = protocol
+        r.sock_type = 1
+        r.dport = dport
+        r.hook = 1  # AW_BLOCK_CONNECT
+        r.rule = rule
+        return bytes(r)
+
+    @classmethod
     def connect(
         cls,
         *,
