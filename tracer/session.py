@@ -205,13 +205,18 @@ class Pipeline:
 
         A denial is handled between the records that came before and after it,
         so its process's fork and exec are known and its exit not yet handled
-        (ancestry and argv intact). A denial at or after cut (taken before the
-        main buffer was read) may still be missing its process's records: it
-        waits for the next drain. cut None: everything is due (finish).
+        (ancestry and argv intact). The denial buffer is read after the main
+        one, so a denial may be newer than all of this batch; if it is also
+        newer than cut (taken before the main buffer was read), records that
+        preceded it may still be unread: it waits for the next drain. Older
+        than the newest record of the batch or than cut, it is placed now.
+        cut None: everything is due (finish).
         """
         self._denials += self.containment.poll()
         if not self._denials:
             return batch
+        if cut is not None and batch:
+            cut = max(cut, max(events.ktime_of(r) for r in batch))
         due = [d for d in self._denials if cut is None or events.ktime_of(d) < cut]
         self._denials = [d for d in self._denials if cut is not None and events.ktime_of(d) >= cut]
         return _merge_by_ktime(batch, sorted(due, key=events.ktime_of))

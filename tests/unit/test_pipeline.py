@@ -350,8 +350,15 @@ def test_a_denial_is_handled_between_the_records_around_it(pipe, raw):
     assert [a["pid"] for a in blocked["process"]["ancestry"]][:1] == [ROOT]
     # The later denial was read but is not due: it comes out at the finish.
     assert not [r for r in pipe.writer.records if r.get("network", {}).get("dport") == 81]
+    # Newer than the drain's cut but older than a record of the batch: placed
+    # now, not held (a record after it is in this batch and must follow it).
+    soon = time.monotonic_ns() + 60 * SEC
+    pipe.containment.batches.append([raw.block(daddr=metadata, dport=82, ktime_ns=soon, **root_hdr())])
+    pipe.probes.batches.append([raw.exit(ktime_ns=soon + 1, **root_hdr())])
+    assert pipe.drain(0) == 2
+    assert [r["type"] for r in pipe.writer.records if r["kind"] == "event"][-2:] == ["blocked", "exit"]
     pipe.finish(budget_s=0.1)
-    assert [r["network"]["dport"] for r in pipe.writer.records if r.get("type") == "blocked"] == [80, 81]
+    assert [r["network"]["dport"] for r in pipe.writer.records if r.get("type") == "blocked"] == [80, 82, 81]
 
 
 def test_merge_by_ktime_keeps_ring_buffer_order(raw):
