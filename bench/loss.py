@@ -4,8 +4,9 @@ Private_Dirty, and time from start to armed.
 
 Each storm runs under `agentwatch run --events --output FILE` (FILE on
 tmpfs). The storms know exactly how many events they cause; every record of
-those types attributed to the agent is counted, and the last `lost` record's
-`lost_total` is what the kernel could not hand over.
+those types attributed to the agent is counted (a connect summary for the
+identical calls it folds), and the last `lost` record's `lost_total` is what
+the kernel could not hand over.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class ArmedWatch:
 
 def count_output(path: Path) -> dict:
     """Records per event type attributed to an agent, and the kernel's lost totals."""
-    by_type: dict[str, int] = {}
+    by_type: dict[str, int] = {}  # the calls the records account for
+    records: dict[str, int] = {}
     lost: dict[str, int] = {}
     alerts = 0
     with path.open("rb") as f:
@@ -67,7 +69,11 @@ def count_output(path: Path) -> dict:
                 lost = rec.get("lost_total") or lost
             elif rec.get("agent"):
                 by_type[t] = by_type.get(t, 0) + 1
-    return {"by_type": by_type, "lost": lost, "alerts": alerts}
+                records[t] = records.get(t, 0) + 1
+                if t == "connect":  # a summary of folded identical calls stands for `repeats` calls
+                    repeats = rec["network"]["repeats"]
+                    by_type[t] += repeats - 1 if repeats else 0
+    return {"by_type": by_type, "records": records, "lost": lost, "alerts": alerts}
 
 
 def one_run(aw: Agentwatch, w: Workload, sample_every: float = 0.1) -> dict | None:
@@ -84,7 +90,7 @@ def one_run(aw: Agentwatch, w: Workload, sample_every: float = 0.1) -> dict | No
     sampler: Sampler = holder["sampler"]
     sampler.stop()
     try:
-        counts = count_output(out) if out.exists() else {"by_type": {}, "lost": {}, "alerts": 0}
+        counts = count_output(out) if out.exists() else {"by_type": {}, "records": {}, "lost": {}, "alerts": 0}
     finally:
         out.unlink(missing_ok=True)
     if not res["ok"]:
@@ -100,6 +106,7 @@ def one_run(aw: Agentwatch, w: Workload, sample_every: float = 0.1) -> dict | No
         "expected": expected,
         "received": received,
         "by_type": counts["by_type"],
+        "records": sum(counts["records"].values()),
         "lost_records": lost,
         "lost_by_type": {k: v for k, v in counts["lost"].items() if v},
         "missing": max(0, expected - received),
@@ -144,8 +151,8 @@ def measure(aw: Agentwatch, storms: list[Workload], exec_storm: str, reps: int, 
             if r and not r["ok"]:
                 log(f"    failed: {r['error']}")
             elif r:
-                events = sum(r["by_type"].values())
-                r["cpu_per_1k"] = max(0.0, r["aw_cpu_s"] - idle_cpu) / events * 1000 if events else None
+                records = r["records"]  # what agentwatch handled (folded connect calls are not records)
+                r["cpu_per_1k"] = max(0.0, r["aw_cpu_s"] - idle_cpu) / records * 1000 if records else None
             runs.append(r)
         out[w.name] = runs
     return out
@@ -184,6 +191,7 @@ def summarize(result: dict) -> dict:
         out[name] = {
             "expected": ok[0]["expected"],
             "received": summary([r["received"] for r in ok]),
+            "records": summary([r["records"] for r in ok]),
             "missing": summary([r["missing"] for r in ok]),
             "lost_records": summary([r["lost_records"] for r in ok]),
             "loss_pct": summary([100.0 * r["missing"] / r["expected"] for r in ok if r["expected"]]),

@@ -130,10 +130,12 @@ def markdown(res: dict) -> str:
                 continue
             rate_k = {k: (v / 1000 if k != "n" else v) for k, v in s["offered_rate"].items()}
             rows.append([name, fmt_spread(rate_k, 1, "k/s"),
-                         s["expected"], fmt_spread(s["received"], 0), fmt_spread(s["missing"], 0),
+                         s["expected"], fmt_spread(s["received"], 0), fmt_spread(s.get("records"), 0),
+                         fmt_spread(s["missing"], 0),
                          fmt_spread(s["lost_records"], 0), fmt_spread(s["cpu_per_1k"], 3, " s"),
                          fmt_spread(s["peak_rss_mb"], 0, " MB"), fmt_spread(s["peak_private_dirty_mb"], 0, " MB")])
-        L += _md_table(["storm", "offered rate", "events expected", "received", "missing", "lost (kernel count)",
+        L += _md_table(["storm", "offered rate", "events expected", "received", "records", "missing",
+                        "lost (kernel count)",
                         "agentwatch CPU per 1k events", "peak RSS", "peak Private_Dirty"], rows)
         sweep = loss.get("sweep")
         if sweep:

@@ -141,7 +141,7 @@ struct aw_connect {
 	__u16 flags;        /* AW_CONNECT_* */
 	__u16 sport;        /* host order, 0 until bound */
 	__u16 dport;        /* host order */
-	__u32 _pad;
+	__u32 repeats;      /* 0: a connect() call; N: a summary of N more identical calls since the last record */
 	__u8 saddr[16];     /* IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	__u64 sock_cookie;  /* the struct sock: joins send and connection records to this connect */

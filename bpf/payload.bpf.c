@@ -348,8 +348,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
-	struct aw_fd_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->fd};
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct aw_fd_key key = {.tgid = pid_tgid >> 32, .fd = args->fd};
 	aw_payload_armed.delete(&key);
 	aw_gpu_on_close(key.tgid, key.fd);
+	aw_connect_on_close(pid_tgid, key.fd);
 	return 0;
 }

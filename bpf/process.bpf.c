@@ -16,6 +16,9 @@ struct aw_exec_pending {
 BPF_HASH(aw_exec_pending, u32, struct aw_exec_pending, 16384);
 BPF_PERCPU_ARRAY(aw_exec_scratch, struct aw_exec, 1);
 
+/* Defined in connect.bpf.c, which follows this file. */
+static __always_inline void aw_connect_thread_exit(u64 pid_tgid, u32 agent);
+
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
 	/* TP_PROTO(struct task_struct *parent, struct task_struct *child); current is the parent. */
@@ -218,6 +221,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32, agent;
 
+	if (!aw_agent_of(tgid, &agent))
+		return 0;
+	/* Every thread: the connect() repeats it folded are reported before it is gone. */
+	aw_connect_thread_exit(pid_tgid, agent);
 #ifdef AW_EXIT_HAS_GROUP_DEAD
 	if (!args->group_dead)
 		return 0;
@@ -226,8 +233,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (tgid != (u32)pid_tgid)
 		return 0;
 #endif
-	if (!aw_agent_of(tgid, &agent))
-		return 0;
 	aw_watched.delete(&tgid);
 	aw_gpu_on_exit(tgid);
 

@@ -67,8 +67,8 @@ static __always_inline void aw_conn_emit(u64 sk, struct aw_conn_owner *o, u16 st
 static __always_inline int aw_conn_in_connect(u64 sk, struct aw_conn_owner *o)
 {
 	u64 owner = (u64)o->hdr.pid << 32 | o->hdr.tid;
-	struct aw_connect_pending *c = aw_connect_stash.lookup(&owner);
-	return c && c->sk == sk;
+	struct aw_connect_thread *c = aw_connect_threads.lookup(&owner);
+	return c && c->in_flight && c->sk == sk;
 }
 
 /* Report a held transition now (its connect() has returned, or another transition follows). */

@@ -167,7 +167,7 @@ class RawConnect(ct.Structure):
         ("flags", u16),
         ("sport", u16),
         ("dport", u16),
-        ("_pad", u32),
+        ("repeats", u32),
         ("saddr", u8 * 16),
         ("daddr", u8 * 16),
         ("sock_cookie", u64),
@@ -359,6 +359,7 @@ class ConnectEvent(Event):
     flags: int
     sport: int
     dport: int
+    repeats: int  # 0: one call; N: a summary of N more identical calls (bpf/connect.bpf.c)
     saddr: bytes
     daddr: bytes
     sock_cookie: int = 0  # the struct sock: joins send and connection records; never printed

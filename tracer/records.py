@@ -206,6 +206,7 @@ def event_record(
         rec["child"] = {"pid": ev.child_pid, "key": child.key if child is not None else None}
     elif isinstance(ev, events.ConnectEvent):
         rec["network"] = network_json(ev)
+        rec["network"]["repeats"] = ev.repeats
     elif isinstance(ev, events.SendEvent):
         rec["network"] = network_json(ev)
         rec["payload"] = payload_json(ev)

@@ -1,7 +1,10 @@
 /*
- * connect_storm RATE SECONDS: UDP connect(2)s to 127.0.0.1:9 at RATE per
- * second (paced every 0.2 ms) for SECONDS, one socket. RATE 0 means as
- * fast as possible. Prints the BENCH line (ops = connects made).
+ * connect_storm RATE SECONDS: UDP connect(2)s to 127.0.0.1:9 and :10 in
+ * turn at RATE per second (paced every 0.2 ms) for SECONDS, one socket.
+ * Alternating, no call repeats the one before it, so agentwatch reports
+ * each one (identical repeats would be folded into counts): this measures
+ * how many records it drains. RATE 0 means as fast as possible. Prints the
+ * BENCH line (ops = connects made).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -22,6 +25,7 @@ int main(int argc, char **argv)
 	while ((t = bench_now() - start) < seconds) {
 		long due = rate > 0 ? (long)(t * rate) + 1 : done + 1000;
 		while (done < due) {
+			sin.sin_port = htons(9 + (done & 1));
 			connect(fd, (struct sockaddr *)&sin, sizeof(sin));
 			done++;
 		}

@@ -48,7 +48,7 @@ def test_connect_kinds_and_results(trace, netns, tmp_path):
     assert tcp4 == {
         "family": "ipv4", "protocol": "tcp", "saddr": "127.0.0.1", "sport": int(lines["tcp4"]),
         "daddr": "127.0.0.1", "dport": port4, "v4_mapped": False, "result": "ok", "retval": 0,
-        "scope": "loopback", "allowlisted": False,
+        "scope": "loopback", "allowlisted": False, "repeats": 0,
     }
     assert (tcp6["family"], tcp6["daddr"], tcp6["dport"], tcp6["saddr"]) == ("ipv6", "::1", port6, "::1")
     assert tcp6["sport"] == int(lines["tcp6"]) and tcp6["result"] == "ok"
@@ -64,3 +64,52 @@ def test_connect_kinds_and_results(trace, netns, tmp_path):
     procs = {r["process"]["pid"] for r in t.of_type("connect")}
     assert len(procs) == 1
     assert all(r["agent"]["id"] == t.agent_id for r in t.of_type("connect"))
+
+
+# Identical repeats: one socket connect()ed to one destination again and
+# again, then elsewhere, again for a while, then closed; a second thread
+# repeats on its own socket and exits without closing it.
+REPEATS = textwrap.dedent(
+    """
+    import socket, sys, threading, time
+    n = int(sys.argv[1])
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(n):
+        u.connect(("127.0.0.1", 9))
+    u.connect(("127.0.0.1", 10))
+    end = time.monotonic() + 1.3  # past the once-a-second summary
+    k = 0
+    while time.monotonic() < end:
+        u.connect(("127.0.0.1", 10)); k += 1
+        time.sleep(0.001)
+    u.close()
+    def worker():
+        w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(7):
+            w.connect(("127.0.0.1", 11))
+        # returns without closing: the thread's exit reports its repeats
+    t = threading.Thread(target=worker); t.start(); t.join()
+    print(k)
+    """
+)
+
+
+def test_identical_repeats_are_folded_and_counted(trace, netns, tmp_path):
+    script = tmp_path / "repeats.py"
+    script.write_text(REPEATS)
+    out = tmp_path / "out.txt"
+    n = 5000
+    t = trace(["sh", "-c", f"ip netns exec {netns} {sys.executable} {script} {n} > {out}"])
+    assert t.exit_code == 0, out.read_text()
+    k = int(out.read_text())
+    by_port: dict[int, list[int]] = {}
+    for r in t.of_type("connect"):
+        by_port.setdefault(r["network"]["dport"], []).append(r["network"]["repeats"])
+    # Each destination: its first call as a record (repeats 0), then summaries
+    # that add up to every other call. Nothing is lost, little is sent.
+    assert by_port[9][0] == 0 and sum(by_port[9]) == n - 1 and len(by_port[9]) <= 3, by_port[9]
+    assert by_port[10][0] == 0 and sum(by_port[10]) == k, (by_port[10], k)
+    assert 3 <= len(by_port[10]) <= 4  # the first, one or two once-a-second summaries, the close
+    assert by_port[11] == [0, 6]  # reported when the thread exited
+    assert len(t.of_type("connect")) < 12
+    assert not [r for r in t.records if r.get("type") == "lost"]

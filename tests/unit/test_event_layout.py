@@ -277,9 +277,9 @@ DRIFTS = [
         id="C-only field in the common header",
     ),
     pytest.param(
-        _replace("__u16 dport;        /* host order */\n\t__u32 _pad;\n\t__u8 saddr[16];",
-                 "__u32 dport;        /* host order */\n\t__u32 _pad;\n\t__u8 saddr[16];"),
-        ["sizeof(aw_connect.dport): C says 4, Python says 2", "offsetof(struct aw_connect, _pad)"],
+        _replace("__u16 dport;        /* host order */\n\t__u32 repeats;",
+                 "__u32 dport;        /* host order */\n\t__u32 repeats;"),
+        ["sizeof(aw_connect.dport): C says 4, Python says 2", "offsetof(struct aw_connect, repeats)"],
         id="field widened in C",
     ),
     pytest.param(

@@ -142,7 +142,7 @@ def _all_records() -> list[dict]:
     clock = FixedClock()
     proc, agent = _process(), _agent()
     connect = events.ConnectEvent("connect", 6 * 10**9, 10**9, 4242, 4242, 4000, 1000, 1, HOSTILE_COMM,
-                                  -111, 3, 2, 6, 1, 0, 0, 443, bytes(16), bytes([1, 2, 3, 4]) + bytes(12))
+                                  -111, 3, 2, 6, 1, 0, 0, 443, 0, bytes(16), bytes([1, 2, 3, 4]) + bytes(12))
     exit_ = events.ExitEvent("exit", 7 * 10**9, 10**9, 4242, 4242, 4000, 1000, 1, HOSTILE_COMM, 9)
     fork = events.ForkEvent("fork", 8 * 10**9, 10**9, 4242, 4242, 4000, 1000, 1, HOSTILE_COMM, 4243, 1, 2 * 10**9)
     child = Process(4243, 200, 4242, 1000, HOSTILE_COMM, parent=proc)
@@ -247,7 +247,7 @@ def test_table_time_column_keeps_milliseconds():
 
 def _connect(family, daddr: bytes, saddr: bytes = b"", *, protocol=6, sock_type=1, sport=0, dport=443, retval=0):
     return events.ConnectEvent(
-        "connect", 0, 0, 1, 1, 0, 0, 0, b"x", retval, 3, family, protocol, sock_type, 0, sport, dport,
+        "connect", 0, 0, 1, 1, 0, 0, 0, b"x", retval, 3, family, protocol, sock_type, 0, sport, dport, 0,
         saddr.ljust(16, b"\0"), daddr.ljust(16, b"\0"),
     )
 

@@ -334,6 +334,8 @@ FIELDS: dict[str, Field] = {
         _F("net.sport", INT, "`network.sport`", _sub("network", "sport", int)),
         _F("net.daddr", ADDR, "`network.daddr`", _sub("network", "daddr", str)),
         _F("net.dport", INT, "`network.dport`", _sub("network", "dport", int)),
+        _F("net.repeats", INT, "`network.repeats` (connect): 0 for a call, N for a summary of N more identical calls",
+           _sub("network", "repeats", int)),
         _F("net.result", STR, "`network.result` (`ok`, `EINPROGRESS`, `ECONNREFUSED`, ...)", _sub("network", "result", str)),
         _F("net.scope", STR,
            "`network.scope`: loopback, link_local, metadata, private, shared, multicast, host, external",
