@@ -133,7 +133,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	if (!t || !t->in_flight)
 		return 0;
 	t->in_flight = 0;
-	aw_agent_of(pid_tgid >> 32, &agent);
 	u64 sk = t->sk;
 	s32 ret = args->ret;
 
@@ -141,10 +140,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	    aw_same_dest(&t->dest, t->last.family, t->last.dport, t->last.daddr)) {
 		t->repeats++;
 		if (bpf_ktime_get_ns() - t->last_emit_ns >= AW_REPEAT_FLUSH_NS)
-			aw_connect_flush(t, agent);
-		aw_conn_connect_returned(sk);
+			aw_connect_flush(t, t->last.hdr.agent_id);
+		/* A datagram socket has no handshake to report (the socket is the last record's). */
+		if (t->last.protocol != AW_IPPROTO_UDP)
+			aw_conn_connect_returned(sk);
 		return 0;
 	}
+	aw_agent_of(pid_tgid >> 32, &agent);
 	aw_connect_flush(t, agent); /* the repeats of the previous destination first */
 
 	struct aw_connect *e = aw_events.ringbuf_reserve(sizeof(*e));
