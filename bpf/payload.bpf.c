@@ -349,6 +349,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 agent;
+	/* Every process closes fds all the time: one lookup for those in no agent (their fds are in no map). */
+	if (!aw_agent_of(pid_tgid >> 32, &agent))
+		return 0;
 	struct aw_fd_key key = {.tgid = pid_tgid >> 32, .fd = args->fd};
 	aw_payload_armed.delete(&key);
 	aw_gpu_on_close(key.tgid, key.fd);
