@@ -152,7 +152,8 @@ def measure(aw: Agentwatch, storms: list[Workload], exec_storm: str, reps: int, 
                 log(f"    failed: {r['error']}")
             elif r:
                 records = r["records"]  # what agentwatch handled (folded connect calls are not records)
-                r["cpu_per_1k"] = max(0.0, r["aw_cpu_s"] - idle_cpu) / records * 1000 if records else None
+                # Under 1000 records (a folded storm) the idle run's spread swamps the figure.
+                r["cpu_per_1k"] = max(0.0, r["aw_cpu_s"] - idle_cpu) / records * 1000 if records >= 1000 else None
             runs.append(r)
         out[w.name] = runs
     return out
