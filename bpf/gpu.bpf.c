@@ -150,7 +150,7 @@ static __always_inline int aw_gpu_open_enter(const char *filename)
 	if (!aw_agent_of(pid_tgid >> 32, &agent))
 		return 0;
 	union aw_path p = {};
-	if (bpf_probe_read_user_str(p.c, sizeof(p.c), filename) <= 0)
+	if (aw_read_user_str(p.c, sizeof(p.c), filename) <= 0)
 		return 0;
 	u32 cls = aw_gpu_path_class(&p);
 	if (cls == AW_GPU_CLASS_RECON) {
@@ -350,8 +350,8 @@ static __always_inline void aw_nv_alloc(struct aw_gpu_op *o, u32 hclass, u64 par
 		o->milestone = AW_GPU_MS_MEMORY;
 		/* NV_MEMORY_ALLOCATION_PARAMS.size at +64 of pAllocParms (nvos.h) */
 		void *alloc = NULL;
-		if (!bpf_probe_read_user(&alloc, sizeof(alloc), (void *)(params + 16)) && alloc)
-			bpf_probe_read_user(&o->bytes, sizeof(o->bytes), (char *)alloc + 64);
+		if (!aw_read_user(&alloc, sizeof(alloc), (void *)(params + 16)) && alloc)
+			aw_read_user(&o->bytes, sizeof(o->bytes), (char *)alloc + 64);
 	} else
 		o->op = AW_GPU_OP_OTHER;
 }
@@ -363,19 +363,19 @@ static __always_inline void aw_nv_ioctl(struct aw_gpu_op *o, u32 cmd, u64 arg)
 		/* NV_ESC_IOCTL_XFER_CMD wraps any escape: {u32 cmd; u32 size; u64 ptr} (nv-ioctl.h) */
 		u32 inner = 0;
 		u64 ptr = 0;
-		bpf_probe_read_user(&inner, sizeof(inner), (void *)arg);
-		bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(arg + 8));
+		aw_read_user(&inner, sizeof(inner), (void *)arg);
+		aw_read_user(&ptr, sizeof(ptr), (void *)(arg + 8));
 		nr = inner & 0xff;
 		arg = ptr;
 	}
 	o->detail = nr;
 	if (nr == 0x2B) {
 		u32 hclass = 0; /* hClass at +12 in NVOS21 and NVOS64 alike */
-		bpf_probe_read_user(&hclass, sizeof(hclass), (void *)(arg + 12));
+		aw_read_user(&hclass, sizeof(hclass), (void *)(arg + 12));
 		aw_nv_alloc(o, hclass, arg);
 	} else if (nr == 0x2A) {
 		u32 ctrl = 0; /* NVOS54.cmd at +8: class << 16 | category << 8 | index */
-		bpf_probe_read_user(&ctrl, sizeof(ctrl), (void *)(arg + 8));
+		aw_read_user(&ctrl, sizeof(ctrl), (void *)(arg + 8));
 		o->detail = ctrl >> 16;
 		if (ctrl == 0xA06C0101 || ctrl == 0xA06F0103) {
 			o->op = AW_GPU_OP_SCHEDULE;
@@ -431,12 +431,12 @@ static __always_inline void aw_kfd_ioctl(struct aw_gpu_op *o, u32 nr, u64 arg)
 		o->op = AW_GPU_OP_COMPUTE;
 		o->milestone = AW_GPU_MS_COMPUTE;
 		u32 qtype = 0; /* kfd_ioctl_create_queue_args.queue_type at +40 */
-		bpf_probe_read_user(&qtype, sizeof(qtype), (void *)(arg + 40));
+		aw_read_user(&qtype, sizeof(qtype), (void *)(arg + 40));
 		o->detail = qtype;
 	} else if (nr == 0x16) {
 		o->op = AW_GPU_OP_MEM;
 		o->milestone = AW_GPU_MS_MEMORY;
-		bpf_probe_read_user(&o->bytes, sizeof(o->bytes), (void *)(arg + 8));
+		aw_read_user(&o->bytes, sizeof(o->bytes), (void *)(arg + 8));
 	} else if (nr == 0x18)
 		o->op = AW_GPU_OP_GPUMAP;
 	else if (nr == 0x0C)
@@ -458,7 +458,7 @@ static __always_inline void aw_drm_ioctl(struct aw_gpu_op *o, u32 minor, u32 nr,
 	if (driver == AW_DRM_AMDGPU) {
 		if (nr == 0x42) {
 			u32 op = 0; /* drm_amdgpu_ctx_in.op at +0: 1 = ALLOC_CTX */
-			bpf_probe_read_user(&op, sizeof(op), (void *)arg);
+			aw_read_user(&op, sizeof(op), (void *)arg);
 			if (op == 1) {
 				o->op = AW_GPU_OP_COMPUTE;
 				o->milestone = AW_GPU_MS_COMPUTE;
@@ -472,7 +472,7 @@ static __always_inline void aw_drm_ioctl(struct aw_gpu_op *o, u32 minor, u32 nr,
 		} else if (nr == 0x40) {
 			o->op = AW_GPU_OP_MEM;
 			o->milestone = AW_GPU_MS_MEMORY;
-			bpf_probe_read_user(&o->bytes, sizeof(o->bytes), (void *)arg);
+			aw_read_user(&o->bytes, sizeof(o->bytes), (void *)arg);
 		}
 	} else if (driver == AW_DRM_I915) {
 		if (nr == 0x69) {
@@ -484,7 +484,7 @@ static __always_inline void aw_drm_ioctl(struct aw_gpu_op *o, u32 minor, u32 nr,
 		} else if (nr == 0x5B || nr == 0x7C) {
 			o->op = AW_GPU_OP_MEM;
 			o->milestone = AW_GPU_MS_MEMORY;
-			bpf_probe_read_user(&o->bytes, sizeof(o->bytes), (void *)arg);
+			aw_read_user(&o->bytes, sizeof(o->bytes), (void *)arg);
 		}
 	} else if (driver == AW_DRM_XE) {
 		if (nr == 0x46) {

@@ -12,6 +12,23 @@
 
 #include "events.h"
 
+/*
+ * Every read of user memory goes through these two. For each call of
+ * bpf_probe_read_user* it meets in the source, BCC 0.26 loads all of
+ * /proc/kallsyms again (to check that the kernel has the helper): about
+ * 0.15 s per call site, which was half of agentwatch's start-up. One call
+ * site each; inlining gives every caller its own constant size.
+ */
+static __always_inline long aw_read_user(void *dst, u32 size, const void *src)
+{
+	return bpf_probe_read_user(dst, size, src);
+}
+
+static __always_inline long aw_read_user_str(void *dst, u32 size, const void *src)
+{
+	return bpf_probe_read_user_str(dst, size, src);
+}
+
 static __always_inline void *aw_read_ptr(void *base, u64 offset)
 {
 	void *ptr = NULL;

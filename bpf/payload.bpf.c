@@ -90,7 +90,7 @@ static __always_inline void aw_gather(struct aw_send *e, struct aw_send_src *src
 		AW_OPAQUE(n);
 		if (n > AW_PAYLOAD_BYTES)
 			n = AW_PAYLOAD_BYTES;
-		if (n && bpf_probe_read_user(e->data, n, src->buf))
+		if (n && aw_read_user(e->data, n, src->buf))
 			e->flags |= AW_SEND_FAULT;
 		else
 			off = n;
@@ -102,7 +102,7 @@ static __always_inline void aw_gather(struct aw_send *e, struct aw_send_src *src
 			struct aw_iovec v = {};
 			if (i >= src->vlen)
 				break;
-			if (bpf_probe_read_user(&v, sizeof(v), &src->iov[i])) {
+			if (aw_read_user(&v, sizeof(v), &src->iov[i])) {
 				e->flags |= AW_SEND_FAULT;
 				break;
 			}
@@ -117,7 +117,7 @@ static __always_inline void aw_gather(struct aw_send *e, struct aw_send_src *src
 			if (n > AW_PAYLOAD_BYTES)
 				n = AW_PAYLOAD_BYTES;
 			/* Below the cap plus at most the cap: inside the doubled buffer. */
-			if (bpf_probe_read_user(&e->data[at & (AW_PAYLOAD_BYTES - 1)], n, v.base)) {
+			if (aw_read_user(&e->data[at & (AW_PAYLOAD_BYTES - 1)], n, v.base)) {
 				e->flags |= AW_SEND_FAULT;
 				break;
 			}
@@ -320,7 +320,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 	/* The destination is in user memory: ask membership before reading it. */
 	if (!aw_agent_of(bpf_get_current_pid_tgid() >> 32, &agent))
 		return 0;
-	if (bpf_probe_read_user(&m, sizeof(m), args->msg))
+	if (aw_read_user(&m, sizeof(m), args->msg))
 		return 0;
 	struct aw_send_src src = {.iov = m.iov, .vlen = m.iovlen};
 	return aw_send_to(agent, args->fd, AW_VIA_SENDMSG, m.name, args->flags, &src);
@@ -338,7 +338,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 		struct aw_msghdr m = {};
 		if (i >= args->vlen)
 			break;
-		if (bpf_probe_read_user(&m, sizeof(m), &vec[i].hdr))
+		if (aw_read_user(&m, sizeof(m), &vec[i].hdr))
 			break;
 		struct aw_send_src src = {.iov = m.iov, .vlen = m.iovlen};
 		aw_send_to(agent, args->fd, AW_VIA_SENDMMSG, m.name, args->flags, &src);

@@ -132,7 +132,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		e->flags |= AW_EXEC_ARGV_TRUNCATED;
 	}
 	len &= AW_ARGV_BUF - 1;
-	if (len && bpf_probe_read_user(e->argv, len, (void *)start) == 0)
+	if (len && aw_read_user(e->argv, len, (void *)start) == 0)
 		e->argv_size = len;
 	else if (len)
 		e->flags |= AW_EXEC_ARGV_FAULT;
@@ -157,7 +157,7 @@ static __always_inline int aw_exec_failed(long ret)
 		return 0;
 	aw_agent_of(pid_tgid >> 32, &agent);
 	e->retval = ret;
-	int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+	int n = aw_read_user_str(e->filename, sizeof(e->filename), filename);
 	if (n == sizeof(e->filename))
 		e->flags |= AW_EXEC_FILENAME_TRUNCATED;
 
@@ -166,7 +166,7 @@ static __always_inline int aw_exec_failed(long ret)
 	int i;
 	for (i = 0; i < AW_ARGV_MAX_ARGS; i++) {
 		const char *arg = NULL;
-		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
+		if (aw_read_user(&arg, sizeof(arg), &argv[i])) {
 			e->flags |= AW_EXEC_ARGV_FAULT;
 			goto emit;
 		}
@@ -180,7 +180,7 @@ static __always_inline int aw_exec_failed(long ret)
 		 * A constant size the verifier can bound: the read may run past
 		 * the cap into the second half of the buffer, and is then cut.
 		 */
-		int len = bpf_probe_read_user_str(&e->argv[off & (AW_ARGV_BYTES - 1)],
+		int len = aw_read_user_str(&e->argv[off & (AW_ARGV_BYTES - 1)],
 						  AW_ARGV_BYTES, arg);
 		if (len <= 0) {
 			e->flags |= AW_EXEC_ARGV_FAULT;
@@ -196,7 +196,7 @@ static __always_inline int aw_exec_failed(long ret)
 	}
 	{
 		const char *more = NULL;
-		bpf_probe_read_user(&more, sizeof(more), &argv[AW_ARGV_MAX_ARGS]);
+		aw_read_user(&more, sizeof(more), &argv[AW_ARGV_MAX_ARGS]);
 		if (more)
 			e->flags |= AW_EXEC_ARGV_TRUNCATED;
 	}

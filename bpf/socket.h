@@ -50,7 +50,7 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 	 * first, and the layout it names.
 	 */
 	struct aw_sockaddr_in6 any = {};
-	if (!bpf_probe_read_user(&any, sizeof(any), uaddr)) {
+	if (!aw_read_user(&any, sizeof(any), uaddr)) {
 		d->family = any.family;
 		d->dport = __builtin_bswap16(any.port);
 		if (any.family == AW_AF_INET) {
@@ -63,12 +63,12 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 		}
 		return 0;
 	}
-	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
+	if (aw_read_user(&family, sizeof(family), uaddr))
 		return 0;
 	d->family = family;
 	if (family == AW_AF_INET) {
 		struct aw_sockaddr_in sin = {};
-		if (bpf_probe_read_user(&sin, sizeof(sin), uaddr))
+		if (aw_read_user(&sin, sizeof(sin), uaddr))
 			return 0;
 		d->dport = __builtin_bswap16(sin.port);
 		__builtin_memcpy(d->daddr, sin.addr, 4);
@@ -76,7 +76,7 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 	}
 	if (family == AW_AF_INET6) {
 		struct aw_sockaddr_in6 sin6 = {};
-		if (bpf_probe_read_user(&sin6, sizeof(sin6), uaddr))
+		if (aw_read_user(&sin6, sizeof(sin6), uaddr))
 			return 0;
 		d->dport = __builtin_bswap16(sin6.port);
 		__builtin_memcpy(d->daddr, sin6.addr, 16);
