@@ -10,6 +10,7 @@ import ctypes as ct
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,27 @@ def program_text() -> str:
     return expand_includes(MAIN_SOURCE)
 
 
+def _detach_tracepoints(bpf) -> None:
+    """Detach every tracepoint at once, not one after the other.
+
+    Each detach waits for the kernel to unregister the probe (about 70 ms
+    here): BCC's cleanup, one by one, took 2.4 s to stop. Threads let the
+    waits overlap (ctypes drops the GIL); whatever fails is left to cleanup.
+    """
+    names = list(bpf.tracepoint_fds)
+    if not names:
+        return
+
+    def detach(name: bytes) -> None:
+        try:
+            bpf.detach_tracepoint(name)
+        except Exception:  # noqa: BLE001  (BCC raises bare Exception; cleanup retries it)
+            pass
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        list(pool.map(detach, names))
+
+
 class Probes:
     """The loaded programs and their maps. Use as a context manager."""
 
@@ -314,6 +336,7 @@ class Probes:
     def close(self) -> None:
         bpf, self._bpf = getattr(self, "_bpf", None), None
         if bpf is not None:
+            _detach_tracepoints(bpf)
             bpf.cleanup()
 
     def __enter__(self) -> "Probes":
