@@ -10,7 +10,10 @@
  * the thread connects elsewhere, closes that fd, exits, or at most once a
  * second while the repeats go on. Nothing a rule reads is lost (the
  * destinations and results are all in the first record) and a storm of
- * them costs a map lookup each instead of a record each.
+ * them costs a map lookup each instead of a record each. "Same socket" is
+ * the same struct sock address; a closed socket's memory can come back as a
+ * new socket, so whatever ends the old one ends the folding: close(2) of
+ * that fd by this thread, an exec, and for TCP the start of a handshake.
  */
 #define AW_REPEAT_FLUSH_NS 1000000000ULL
 
@@ -19,6 +22,7 @@ struct aw_connect_thread {
 	u64 sk;             /* the socket's struct sock, 0 if the fd is not a socket */
 	u32 fd;
 	u32 in_flight;
+	u32 fresh;          /* a TCP handshake started in this call (sockstate.bpf.c): never a repeat */
 	struct aw_dest dest;
 	/* the last connect() reported for this thread */
 	u32 repeats;        /* identical calls since that record */
@@ -108,6 +112,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 	void *sock = aw_socket_of_fd(t->fd);
 	if (sock)
 		t->sk = (u64)aw_read_ptr(sock, OFF_SOCKET_SK);
+	t->fresh = 0;
 	t->in_flight = 1;
 	return 0;
 }
@@ -136,7 +141,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	u64 sk = t->sk;
 	s32 ret = args->ret;
 
-	if (sk && t->has_last && t->last.sock_cookie == sk && t->last.retval == ret &&
+	if (sk && !t->fresh && t->has_last && t->last.sock_cookie == sk && t->last.retval == ret &&
 	    aw_same_dest(&t->dest, t->last.family, t->last.dport, t->last.daddr)) {
 		t->repeats++;
 		if (bpf_ktime_get_ns() - t->last_emit_ns >= AW_REPEAT_FLUSH_NS)

@@ -109,6 +109,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	if (!aw_agent_of(bpf_get_current_pid_tgid() >> 32, &agent))
 		return 0;
 	aw_gpu_on_exec(bpf_get_current_pid_tgid() >> 32);
+	/*
+	 * A new image: its first connect() is news even if it repeats the old
+	 * image's last one (a socket the exec closed can come back at the same
+	 * address). The old repeats are reported first, before the exec record.
+	 */
+	aw_connect_thread_exit(bpf_get_current_pid_tgid(), agent);
 	struct aw_exec_pending *p = aw_exec_pending.lookup(&old_tid);
 	struct aw_exec *e = aw_exec_start(p ? p->flags : 0);
 	if (p)

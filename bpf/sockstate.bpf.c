@@ -96,6 +96,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		struct aw_conn_owner o = {};
 		aw_fill_header(&o.hdr, AW_EVENT_CONN, agent);
 		aw_conn_owners.update(&sk, &o);
+		/* A new connection: the connect() making it is never folded as a repeat (connect.bpf.c). */
+		u64 tid = bpf_get_current_pid_tgid();
+		struct aw_connect_thread *t = aw_connect_threads.lookup(&tid);
+		if (t && t->in_flight)
+			t->fresh = 1;
 		return 0;
 	}
 	if (newstate != AW_TCP_ESTABLISHED && newstate != AW_TCP_CLOSE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
@@ -113,3 +114,31 @@ def test_identical_repeats_are_folded_and_counted(trace, netns, tmp_path):
     assert by_port[11] == [0, 6]  # reported when the thread exited
     assert len(t.of_type("connect")) < 12
     assert not [r for r in t.records if r.get("type") == "lost"]
+
+
+POLLED = textwrap.dedent(
+    """
+    import errno, socket
+    s = socket.socket(); s.setblocking(False)
+    codes = [s.connect_ex(("198.18.0.5", 443)) for _ in range(201)]  # the SYN goes nowhere
+    s.close()
+    print(" ".join(sorted({errno.errorcode[c] for c in codes})))
+    """
+)
+
+
+def test_a_polled_tcp_connect_is_one_record_per_result(trace, netns, tmp_path):
+    # A veth pair with both ends in the namespace and nobody at 198.18.0.5: ARP is never
+    # answered, so the SYN never leaves and the connect stays in progress.
+    subprocess.run(["ip", "-n", netns, "link", "add", "aw0", "type", "veth", "peer", "name", "aw1"], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "aw1", "up"], check=True)
+    subprocess.run(["ip", "-n", netns, "addr", "add", "198.18.0.1/24", "dev", "aw0"], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "aw0", "up"], check=True)
+    script = tmp_path / "polled.py"
+    script.write_text(POLLED)
+    out = tmp_path / "out.txt"
+    t = trace(["sh", "-c", f"ip netns exec {netns} {sys.executable} {script} > {out}"])
+    assert t.exit_code == 0 and out.read_text().split() == ["EALREADY", "EINPROGRESS"]
+    calls = [(r["network"]["result"], r["network"]["repeats"]) for r in t.of_type("connect")]
+    # The handshake's start is one record; each later result a record, its repeats a summary at close.
+    assert calls == [("EINPROGRESS", 0), ("EALREADY", 0), ("EALREADY", 199)]
