@@ -17,16 +17,16 @@ SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "event.schema.json").r
 # One agent run sends every way there is; each line it prints names a socket by its local port.
 CLIENT = textwrap.dedent(
     """
-    import os, socket, threading
+    import os, socket
     srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(32)
     port = srv.getsockname()[1]
-    def serve():
-        while True:
-            c, _ = srv.accept()
-            c.sendall(b"server hello")  # accepted, not connected: never reported
-            held.append(c)
     held = []
-    threading.Thread(target=serve, daemon=True).start()
+    def serve():
+        # In this thread, right after each connect: an accept() blocked in another thread holds
+        # the lowest free fd number, and dup2() onto that number fails with EBUSY.
+        c, _ = srv.accept()
+        c.sendall(b"server hello")  # accepted, not connected: never reported
+        held.append(c)
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     for s in sinks:
         s.bind(("127.0.0.1", 0))
@@ -36,6 +36,7 @@ CLIENT = textwrap.dedent(
         c = socket.create_connection(("127.0.0.1", port))
         print(name, c.getsockname()[1], flush=True)
         held.append(c)
+        serve()
         return c
 
     c = tcp("write"); os.write(c.fileno(), b"GET / HTTP/1.0\\r\\n\\r\\n"); os.write(c.fileno(), b"second write")
