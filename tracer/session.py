@@ -227,9 +227,9 @@ class Pipeline:
             return
         window, usage = self.gpu.tick(ready=self._reportable)
         for pid, use in usage.items():
-            proc = self.table.get(pid)
             if not self._reportable(pid):
                 continue  # NVML lists every GPU process on the host: keep the watched ones
+            proc = self.table.get(pid)
             agent = self.agents.by_kernel_id(proc.agent_id)
             self.emit(gpu_usage_record(self.clock, proc, agent, use.as_json(window, self.gpu.counters.totals(pid))))
 
