@@ -9,6 +9,7 @@ import pytest
 
 from tracer import events
 from tracer.netscope import ScopeClassifier, ScopeConfig
+from tracer.output import MemoryWriter
 from tracer.proctree import start_ticks_from_ns
 from tracer.session import Pipeline
 
@@ -30,20 +31,9 @@ class FakeProbes:
         return {name: 0 for name in events.EVENT_NAMES.values()}
 
 
-class ListWriter:
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-
-    def flush(self) -> None:
-        pass
-
-
 @pytest.fixture
 def pipe():
-    p = Pipeline(FakeProbes(), ListWriter(), scope=ScopeClassifier(ScopeConfig(allowlist=("203.0.113.0/24",)),
+    p = Pipeline(FakeProbes(), MemoryWriter(), scope=ScopeClassifier(ScopeConfig(allowlist=("203.0.113.0/24",)),
                                                                       host_addresses=["192.0.2.10"]))
     p.agents.new(ROOT, {"run": "t"}, agent_id="agent-n")
     root = p.table.lookup(ROOT, start_ticks_from_ns(100 * SEC), ppid=P, comm=b"agent")
