@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 import build  # noqa: E402
 import replay  # noqa: E402
 from awcli import ROOT, Agentwatch  # noqa: E402
+from procmon import bpf_fdinfo  # noqa: E402
 
 PYSPY = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
 
@@ -99,14 +100,8 @@ def main(modes: list[str]) -> None:
 
 
 def _prog_ids(pid: int) -> set[int]:
-    """Ids of the BPF programs a process holds open (fdinfo prog_id)."""
-    import os  # noqa: PLC0415
-
-    ids = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return ids
+    """Ids of the BPF programs a process holds open."""
+    return set(bpf_fdinfo(pid, "prog", "prog_id") or ())
     for fd in fds:
         try:
             if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":

@@ -108,22 +108,26 @@ class Sampler:
         return max((d for ts, _, d in self.samples if ts >= t), default=0)
 
 
-def bpf_map_memlock(pid: int) -> int | None:
-    """Kernel memory charged to the BPF maps (ring buffer included) that pid holds open."""
-    total, seen = 0, False
+def bpf_fdinfo(pid: int, kind: str, field: str) -> list[int] | None:
+    """`field` of every BPF object of `kind` (map, prog) that pid holds open, from fdinfo;
+    None when its fds cannot be read."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
+    values = []
     for fd in fds:
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-map":
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != f"anon_inode:bpf-{kind}":
                 continue
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("memlock:"):
-                        total += int(line.split()[1])
-                        seen = True
+                values += [int(line.split()[1]) for line in f if line.startswith(f"{field}:")]
         except OSError:
             continue
-    return total if seen else None
+    return values
+
+
+def bpf_map_memlock(pid: int) -> int | None:
+    """Kernel memory charged to the BPF maps (ring buffer included) that pid holds open."""
+    values = bpf_fdinfo(pid, "map", "memlock")
+    return sum(values) if values else None
