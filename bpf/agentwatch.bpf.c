@@ -11,3 +11,4 @@
 #include "sockstate.bpf.c"
 #include "payload.bpf.c"
 #include "guard.bpf.c"       /* self-protection: signals, ptrace, cgroup moves, bpf() */
+#include "cgroup.bpf.c"      /* daemon only (AW_FLEET): sandboxes appearing and going */

@@ -61,7 +61,9 @@ BPF_HASH(aw_watched, u32, u32, AW_WATCH_MAX);
 #ifndef AW_CGROUP_MEMBERSHIP
 #define AW_CGROUP_MEMBERSHIP 0
 #endif
-#define AW_CGROUPS_MAX 64
+#ifndef AW_CGROUPS_MAX
+#define AW_CGROUPS_MAX 64     /* the daemon passes more: one per sandbox */
+#endif
 #define AW_CGROUP_DEPTH 8
 BPF_HASH(aw_cgroups, u64, u32, AW_CGROUPS_MAX);
 

@@ -41,7 +41,8 @@
 #define AW_EVENT_GPU 7     /* bpf/gpu.bpf.c: milestones and fd-resolve requests */
 #define AW_EVENT_TAMPER 8  /* bpf/guard.bpf.c: a watched process acts against agentwatch */
 #define AW_EVENT_BLOCK 9   /* bpf/policy.bpf.c (its own object and ring buffer): egress denied */
-#define AW_EVENT_TYPES 10 /* one past the last tag: size of aw_lost */
+#define AW_EVENT_CGROUP 10 /* bpf/cgroup.bpf.c (daemon only): a v2 cgroup made or removed */
+#define AW_EVENT_TYPES 11 /* one past the last tag: size of aw_lost */
 
 /* aw_exec.flags */
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
@@ -328,6 +329,33 @@ struct aw_tamper {
 	__u32 protected;    /* AW_PROTECT_* of the target, 0 when it is neither */
 	__u32 path_len;     /* bytes in path, without the NUL */
 	char path[AW_TAMPER_PATH_LEN]; /* AW_TAMPER_CGROUP: the destination, relative to its hierarchy */
+};
+
+/* ---- fleet: sandboxes appearing and going (bpf/cgroup.bpf.c, agentwatch daemon) ---- */
+
+/* aw_cgroup.op */
+#define AW_CGROUP_MKDIR 1
+#define AW_CGROUP_RMDIR 2
+
+/* aw_cgroup.flags */
+#define AW_CGROUP_ATTRIBUTED 1u      /* its parent is watched: the kernel attributed it at once (agent = low 32 bits of its id) */
+#define AW_CGROUP_PATH_TRUNCATED 2u
+
+#define AW_CGROUP_PATH_LEN 256
+
+/*
+ * A cgroup of the v2 hierarchy was made or removed, by anyone (runc,
+ * systemd, kubelet). The header is the process that did it, agent 0.
+ */
+struct aw_cgroup {
+	struct aw_header hdr;
+	__u64 cgroup_id;    /* kernfs id: what bpf_get_current_cgroup_id() returns for its processes */
+	__u64 parent_id;
+	__u32 op;           /* AW_CGROUP_* */
+	__s32 level;        /* depth below the root (the root is 0) */
+	__u32 flags;        /* AW_CGROUP_* flags */
+	__u32 path_len;     /* bytes in path, without the NUL */
+	char path[AW_CGROUP_PATH_LEN]; /* relative to the hierarchy's root, with a leading "/" */
 };
 
 #endif /* AGENTWATCH_EVENTS_H */

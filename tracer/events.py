@@ -54,6 +54,7 @@ EVENT_CONN = _D["AW_EVENT_CONN"]
 EVENT_GPU = _D["AW_EVENT_GPU"]
 EVENT_TAMPER = _D["AW_EVENT_TAMPER"]
 EVENT_BLOCK = _D["AW_EVENT_BLOCK"]
+EVENT_CGROUP = _D["AW_EVENT_CGROUP"]
 EVENT_TYPES = _D["AW_EVENT_TYPES"]
 EVENT_NAMES = {
     EVENT_FORK: "fork",
@@ -65,6 +66,7 @@ EVENT_NAMES = {
     EVENT_GPU: "gpu",
     EVENT_TAMPER: "tamper",
     EVENT_BLOCK: "blocked",
+    EVENT_CGROUP: "cgroup",
 }
 
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
@@ -111,6 +113,11 @@ TAMPER_KINDS = {TAMPER_SIGNAL: "signal", TAMPER_PTRACE: "ptrace", TAMPER_CGROUP:
 PROTECT_SELF = _D["AW_PROTECT_SELF"]
 PROTECT_PARENT = _D["AW_PROTECT_PARENT"]
 TAMPER_PATH_LEN = _D["AW_TAMPER_PATH_LEN"]
+CGROUP_MKDIR = _D["AW_CGROUP_MKDIR"]
+CGROUP_RMDIR = _D["AW_CGROUP_RMDIR"]
+CGROUP_ATTRIBUTED = _D["AW_CGROUP_ATTRIBUTED"]
+CGROUP_PATH_TRUNCATED = _D["AW_CGROUP_PATH_TRUNCATED"]
+CGROUP_PATH_LEN = _D["AW_CGROUP_PATH_LEN"]
 
 u8, u16, u32, u64, s32 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64, ct.c_int32
 
@@ -265,6 +272,20 @@ class RawTamper(ct.Structure):
     ]
 
 
+# Fleet (bpf/cgroup.bpf.c): cgroups of the v2 hierarchy made and removed.
+class RawCgroup(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("cgroup_id", u64),
+        ("parent_id", u64),
+        ("op", u32),
+        ("level", s32),
+        ("flags", u32),
+        ("path_len", u32),
+        ("path", ct.c_char * CGROUP_PATH_LEN),
+    ]
+
+
 # Every C struct of events.h and its mirror, for the layout test.
 MIRRORS = {
     "aw_header": RawHeader,
@@ -279,6 +300,7 @@ MIRRORS = {
     "aw_gpu": RawGpu,
     "aw_block": RawBlock,
     "aw_tamper": RawTamper,
+    "aw_cgroup": RawCgroup,
 }
 # Of those, the ones that are map keys, not ring buffer records: they carry no header.
 MAP_KEYS = {"aw_gpu_fd_key", "aw_gpu_count_key"}
@@ -444,6 +466,22 @@ class TamperEvent(Event):
     path: bytes
 
 
+@dataclass(slots=True)
+class CgroupEvent(Event):
+    """A v2 cgroup made or removed (daemon only); the header is whoever did it."""
+
+    cgroup_id: int
+    parent_id: int
+    op: int  # CGROUP_MKDIR or CGROUP_RMDIR
+    level: int
+    flags: int  # CGROUP_ATTRIBUTED: the kernel attributes its processes already
+    path: str  # relative to the hierarchy's root, "/" first
+
+    @property
+    def attributed(self) -> bool:
+        return bool(self.flags & CGROUP_ATTRIBUTED)
+
+
 def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
     """A struct.Struct with the ctypes class's layout, `_pad` fields skipped.
 
@@ -483,6 +521,7 @@ _CONN = _struct_of(RawConn)
 _GPU = _struct_of(RawGpu)
 _BLOCK = _struct_of(RawBlock)
 _TAMPER = _struct_of(RawTamper)
+_CGROUP = _struct_of(RawCgroup)
 _HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
 
 
@@ -496,6 +535,7 @@ _LAYOUTS = {
     EVENT_GPU: _GPU,
     EVENT_BLOCK: _BLOCK,
     EVENT_TAMPER: _TAMPER,
+    EVENT_CGROUP: _CGROUP,
 }
 
 
@@ -554,4 +594,9 @@ def decode(raw: bytes) -> Event:
     if kind == EVENT_TAMPER:
         cgroup_id, tkind, target, arg, result, protected, path_len, path = rest
         return TamperEvent(*head, cgroup_id, tkind, target, arg, result, protected, path[:min(path_len, TAMPER_PATH_LEN)].split(b"\0", 1)[0])
+    if kind == EVENT_CGROUP:
+        cgroup_id, parent_id, op, level, flags, path_len, path = rest
+        # cgroupfs names are bytes; undecodable ones keep their bytes as surrogates.
+        text = path[:min(path_len, CGROUP_PATH_LEN)].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return CgroupEvent(*head, cgroup_id, parent_id, op, level, flags, text)
     return ExitEvent(*head, *rest)

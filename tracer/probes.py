@@ -47,6 +47,18 @@ KERNEL_FIELDS = [
     ("sock_common", "skc_v6_rcv_saddr"),
 ]
 
+# Read only by the daemon's cgroup programs (bpf/cgroup.bpf.c, AW_FLEET).
+FLEET_FIELDS = [
+    ("cgroup", "kn"),
+    ("cgroup", "self"),
+    ("cgroup", "level"),
+    ("cgroup", "root"),
+    ("cgroup_root", "hierarchy_id"),
+    ("cgroup_subsys_state", "parent"),
+    ("cgroup_subsys_state", "cgroup"),
+    ("kernfs_node", "id"),
+]
+
 # (category, event) of every tracepoint the programs attach to.
 TRACEPOINTS = [
     ("syscalls", "sys_enter_execve"),
@@ -133,11 +145,11 @@ def expand_includes(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kernel_offsets(btf_path: str = BTF_PATH) -> dict[str, int]:
+def kernel_offsets(btf_path: str = BTF_PATH, fields=KERNEL_FIELDS) -> dict[str, int]:
     try:
         btf = load_btf(btf_path)
         return {
-            f"OFF_{s.upper()}_{m.upper()}": btf.member_offset(s, m) for s, m in KERNEL_FIELDS
+            f"OFF_{s.upper()}_{m.upper()}": btf.member_offset(s, m) for s, m in fields
         }
     except (OSError, BtfError) as exc:
         raise ProbeError(
@@ -153,6 +165,8 @@ class ProbeConfig:
     self_tgid: int = 0
     cgroups: bool = False      # membership also by cgroup id (run --contain, watch --cgroup)
     guard_kill: bool = False   # kill, in the kernel, a watched process that SIGKILLs/SIGSTOPs agentwatch
+    fleet: bool = False        # the daemon: cgroup mkdir/rmdir records, sandboxes attributed at birth
+    cgroups_max: int = 64      # entries of the cgroup membership map (the daemon: one per sandbox)
 
 
 def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None) -> list[str]:
@@ -165,6 +179,8 @@ def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[
         f"-DAW_SELF_TGID={config.self_tgid}",
         f"-DAW_CGROUP_MEMBERSHIP={1 if config.cgroups else 0}",
         f"-DAW_GUARD_KILL={1 if config.guard_kill else 0}",
+        f"-DAW_FLEET={1 if config.fleet else 0}",
+        f"-DAW_CGROUPS_MAX={config.cgroups_max}",
     ]
     if exit_fields and "group_dead" in exit_fields:
         flags.append("-DAW_EXIT_HAS_GROUP_DEAD=1")
@@ -214,9 +230,8 @@ class Probes:
                 "(apt-get install python3-bpfcc, venv with --system-site-packages)"
             ) from None
         self.config = config
-        self.cflags = build_cflags(
-            config, kernel_offsets(), tracepoint_fields("sched", "sched_process_exit")
-        )
+        offsets = kernel_offsets(fields=KERNEL_FIELDS + (FLEET_FIELDS if config.fleet else []))
+        self.cflags = build_cflags(config, offsets, tracepoint_fields("sched", "sched_process_exit"))
         started = time.monotonic()
         try:
             self._bpf = BPF(text=program_text().encode(), cflags=self.cflags)
@@ -270,6 +285,23 @@ class Probes:
             del self._bpf[b"aw_cgroups"][ct.c_uint64(cgroup_id)]
         except KeyError:
             pass
+
+    def watch_cgroup_children(self, cgroup_id: int) -> None:
+        """New cgroups made directly below this one are attributed at birth (bpf/cgroup.bpf.c)."""
+        self._bpf[b"aw_cgroup_parents"][ct.c_uint64(cgroup_id)] = ct.c_uint32(1)
+
+    def unwatch_cgroup_children(self, cgroup_id: int) -> None:
+        try:
+            del self._bpf[b"aw_cgroup_parents"][ct.c_uint64(cgroup_id)]
+        except KeyError:
+            pass
+
+    def forget_agent(self, agent_id: int) -> list[int]:
+        """Drop every tgid the kernel holds in this agent; the tgids dropped."""
+        gone = self.members(agent_id)
+        for tgid in gone:
+            self.unwatch(tgid)
+        return gone
 
     def protect(self, pids: dict[int, int]) -> None:
         """pid -> events.PROTECT_*: signals and ptraces aimed at these are tamper records."""
