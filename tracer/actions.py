@@ -5,10 +5,12 @@
     kill_agent    SIGKILL every process of the agent: the kernel's membership (tgids, which
                   reparented and setsid'd processes keep) and, when the agent has a cgroup,
                   everything in it (cgroup.kill)
+    freeze_agent  freeze the agent's cgroup (cgroup.freeze): every process stops where it is,
+                  alive, for a person to inspect; only agents with a cgroup (a sandbox, --contain)
 
 The outcome goes into the alert before it is written:
 
-    action_result     killed | dry_run | gone | refused | failed | no_agent
+    action_result     killed | frozen | dry_run | gone | refused | failed | no_agent
     action_targets    the pids signalled (or, with --dry-run, that would have been)
     action_latency_s  from the kernel's time of the record that completed the match (for
                       stratum-protocol: the first bytes on the wire) to the kill being sent
@@ -26,9 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .cgroups import CgroupError
 from .proctree import read_stat
 
 KILL_ACTIONS = ("kill_process", "kill_agent")
+ACTIONS = KILL_ACTIONS + ("freeze_agent",)
 _AGENT_KILL_ROUNDS = 5  # re-read membership and kill again: a fork may race the first round
 
 
@@ -55,7 +59,7 @@ def record_ktime_ns(rec: dict, offset_ns: int) -> int | None:
 def select(alert: dict) -> tuple[str, list[int]]:
     """(action, the pids it names directly): the culprit for kill_process, the agent root for kill_agent."""
     action = alert.get("action") or "none"
-    if action not in KILL_ACTIONS:
+    if action not in ACTIONS:
         return "none", []
     proc = alert.get("process") or {}
     pid = proc.get("pid")
@@ -101,6 +105,8 @@ class Actor:
         if action == "kill_process":
             proc = alert.get("process") or {}
             result, targets = self._kill_process(proc.get("pid"), _start_ticks(proc.get("key")))
+        elif action == "freeze_agent":
+            result, targets = self._freeze_agent(alert)
         else:
             result, targets = self._kill_agent(alert)
         alert["action_result"] = result
@@ -132,6 +138,23 @@ class Actor:
         if kid is None:
             return "no_agent", []
         return self.kill_agent(kid)
+
+    def _freeze_agent(self, alert: dict) -> tuple[str, list[int]]:
+        agent = alert.get("agent") or {}
+        kid = self.kernel_id(agent.get("id")) if isinstance(agent.get("id"), str) else None
+        cg = self.agent_cgroup(kid) if kid is not None else None
+        if cg is None:
+            return "no_agent", []
+        pids = sorted(set(cg.procs()) - self.protected)
+        if self.dry_run:
+            return "dry_run", pids
+        if self.protected.intersection(cg.procs()):
+            return "refused", []  # freezing agentwatch or its parent would stop the watching
+        try:
+            cg.freeze()
+        except (OSError, CgroupError):
+            return "failed", []
+        return "frozen", pids
 
     def kill_agent(self, kid: int) -> tuple[str, list[int]]:
         """SIGKILL every process of the agent with this kernel id: (result, pids)."""

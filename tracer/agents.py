@@ -16,9 +16,19 @@ class Agent:
     kernel_id: int
     root_pid: int
     labels: dict[str, str] = field(default_factory=dict)
+    # Fleet mode (agentwatch daemon): the sandbox it is, and its episodes (tracer.episodes.Timeline).
+    sandbox: dict | None = None
+    episodes: object | None = None
 
-    def as_json(self) -> dict:
-        return {"id": self.id, "root_pid": self.root_pid, "labels": self.labels}
+    def as_json(self, ktime_ns: int | None = None) -> dict:
+        """The agent as records name it; a sandbox's also carries the episode in force at ktime_ns (None: now)."""
+        out = {"id": self.id, "root_pid": self.root_pid, "labels": self.labels}
+        if self.sandbox is not None:
+            out["sandbox"] = self.sandbox
+        if self.episodes is not None:
+            ep = self.episodes.at(ktime_ns)
+            out["episode"] = ep.as_json() if ep is not None else None
+        return out
 
 
 class LabelError(ValueError):
@@ -56,6 +66,14 @@ class AgentRegistry:
         agent = Agent(agent_id or f"agent-{secrets.token_hex(6)}", kernel_id, root_pid, dict(labels or {}))
         self._by_kernel_id[kernel_id] = agent
         return agent
+
+    def add(self, agent: Agent) -> Agent:
+        """An agent whose kernel id was chosen elsewhere (a sandbox: the low 32 bits of its cgroup id)."""
+        self._by_kernel_id[agent.kernel_id] = agent
+        return agent
+
+    def remove(self, kernel_id: int) -> Agent | None:
+        return self._by_kernel_id.pop(kernel_id, None)
 
     def by_kernel_id(self, kernel_id: int) -> Agent | None:
         return self._by_kernel_id.get(kernel_id)

@@ -157,6 +157,14 @@ def kill_all(path: Path | str, protected: set[int] | None = None) -> list[int]:
     return _signal_all(path, protected)
 
 
+def freeze(path: Path | str, frozen: bool = True) -> None:
+    """Freeze (or thaw) every process in the cgroup and below through cgroup.freeze (Linux 5.2)."""
+    try:
+        Path(path, "cgroup.freeze").write_text("1\n" if frozen else "0\n")
+    except OSError as exc:
+        raise CgroupError(f"cannot {'freeze' if frozen else 'thaw'} {path}: {exc.strerror}") from None
+
+
 def wait_empty(path: Path | str, timeout: float = 2.0) -> bool:
     """Wait until no process is left in the subtree (killed ones take a moment to be reaped)."""
     deadline = time.monotonic() + timeout
@@ -218,6 +226,9 @@ class AgentCgroup:
 
     def kill_all(self, protected: set[int] | None = None) -> list[int]:
         return kill_all(self.path, protected)
+
+    def freeze(self, frozen: bool = True) -> None:
+        freeze(self.path, frozen)
 
     def remove(self) -> bool:
         """Remove an owned cgroup once it is empty; an adopted one is never removed."""

@@ -421,5 +421,122 @@ def doctor():
     sys.exit(run_checks(sys.stdout))
 
 
+# ---- fleet: the daemon and its control socket ------------------------------------------
+
+def _load_daemon_config(path: str):
+    from .fleetconfig import ConfigError, load  # noqa: PLC0415
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        click.echo(f"agentwatch: {exc}", err=True)  # file:line: field: what
+        sys.exit(USAGE_ERROR)
+
+
+@main.command()
+@click.option("--config", "config_path", default="/etc/agentwatch/agentwatch.yaml", show_default=True,
+              metavar="FILE", help="The daemon's config (sandbox patterns, policies, control socket).")
+@click.option("--check", is_flag=True, help="Check the config (and the policies and rules it names) and exit.")
+@click.option("--duration", type=float, default=None, hidden=True, help="Stop after this many seconds (tests).")
+@ringbuf_option
+def daemon(config_path, check, duration, ringbuf_pages):
+    """Watch every sandbox (cgroup) of this host as its own agent, with episodes and a control socket."""
+    config = _load_daemon_config(config_path)
+    engine = Engine(_load_rules(config.rules).rules)
+    if check:
+        click.echo(f"ok: {config.file}: {len(config.sandboxes)} sandbox patterns, {len(config.policies)} policies, "
+                   f"{len(engine.rules)} rules enabled")
+        return
+    from .daemon import DaemonSetupError, serve  # noqa: PLC0415
+
+    try:
+        code = serve(config, engine, ringbuf_pages, _protected, duration)
+    except DaemonSetupError as exc:
+        fail(str(exc))
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(code)
+
+
+socket_option = click.option("--socket", "socket_path", default="/run/agentwatch/control.sock", show_default=True,
+                             envvar="AGENTWATCH_SOCKET", metavar="PATH",
+                             help="The daemon's control socket (or $AGENTWATCH_SOCKET).")
+
+
+def _client_call(socket_path: str, request: dict) -> dict:
+    from .harness import Client, DaemonError  # noqa: PLC0415
+
+    try:
+        with Client(socket_path) as client:
+            return client.request(request)
+    except DaemonError as exc:
+        fail(str(exc))
+
+
+@main.group()
+def episode():
+    """Mark episode boundaries of a sandbox (over the daemon's control socket)."""
+
+
+@episode.command(name="begin")
+@click.option("--sandbox", "-s", required=True, help="Sandbox name, agent id or cgroup path.")
+@click.option("--episode", "episode_id", default=None, help="Episode id (default: the sandbox's name and a number).")
+@label_option
+@socket_option
+def episode_begin(sandbox, episode_id, labels, socket_path):
+    """Begin an episode now (ending the one in force); prints the daemon's reply."""
+    req = {"op": "begin", "sandbox": sandbox, "labels": _labels(labels)}
+    if episode_id is not None:
+        req["episode"] = episode_id
+    click.echo(orjson_line(_client_call(socket_path, req)))
+
+
+@episode.command(name="end")
+@click.option("--sandbox", "-s", required=True, help="Sandbox name, agent id or cgroup path.")
+@socket_option
+def episode_end(sandbox, socket_path):
+    """End the episode in force; prints its summary and alerts once they are all in."""
+    click.echo(orjson_line(_client_call(socket_path, {"op": "end", "sandbox": sandbox})))
+
+
+def orjson_line(obj: dict) -> str:
+    import orjson  # noqa: PLC0415
+
+    return orjson.dumps(obj).decode()
+
+
+@main.command()
+@socket_option
+@click.option("--json", "as_json", is_flag=True, help="The daemon's reply as one JSON object.")
+def status(socket_path, as_json):
+    """The daemon's sandboxes, their episode in force, events, alerts and losses."""
+    reply = _client_call(socket_path, {"op": "status"})
+    if as_json:
+        click.echo(orjson_line(reply))
+        return
+    from tabulate import tabulate  # noqa: PLC0415
+
+    from .records import safe_text  # noqa: PLC0415
+
+    def cell(value) -> str:
+        return safe_text(str(value).encode("utf-8", "surrogatepass")) if value is not None else "-"
+
+    rows = []
+    for sb in reply["sandboxes"]:
+        ep = sb.get("episode") or {}
+        rows.append([cell(sb["name"]), cell(sb["runtime"]), cell(sb["cgroup"]), cell(ep.get("id")),
+                     sb["episodes"], sb["events"], sb["alerts"], cell(sb.get("last_alert")), cell(sb.get("policy")),
+                     cell(sb.get("on_alert"))])
+    click.echo(tabulate(rows, headers=["SANDBOX", "RUNTIME", "CGROUP", "EPISODE", "EPISODES", "EVENTS", "ALERTS",
+                                       "LAST ALERT", "POLICY", "ON ALERT"]))
+    d = reply["daemon"]
+    lost = {k: v for k, v in d["lost"].items() if v}
+    click.echo(f"\ndaemon pid {d['pid']}, up {d['uptime_s']:.0f} s, {d['records']} records, "
+               f"lost {sum(lost.values())}{' ' + orjson_line(lost) if lost else ''}, "
+               f"refused {d['control_refused']} control connections")
+
+
 if __name__ == "__main__":
     main()

@@ -46,6 +46,13 @@ class Containment:
             "dry_run": self.dry_run,
         }
 
+    def dry_run_for(self, ev: events.BlockEvent) -> bool:
+        return self.dry_run
+
+    def leaves_agent(self, kernel_path: str, agent_id: int) -> bool:
+        """Whether a cgroup move (tamper record) takes the process out of the agent's cgroup."""
+        return not self.cgroup.contains(kernel_path)
+
     def poll(self) -> list[bytes]:
         if self.policy_probes is None:
             return []

@@ -309,6 +309,13 @@ class Probes:
         for pid, kind in pids.items():
             table[ct.c_uint32(pid)] = ct.c_uint32(kind)
 
+    def agent_of_tgid(self, tgid: int) -> int:
+        """The agent the kernel holds this process in, 0 if none."""
+        try:
+            return self._watched[ct.c_uint32(tgid)].value
+        except KeyError:
+            return 0
+
     def members(self, agent_id: int) -> list[int]:
         """The tgids the kernel holds in an agent right now."""
         return [k.value for k, v in self._watched.items() if v.value == agent_id]
@@ -424,6 +431,7 @@ class PolicyProbes:
         self.armed_seconds = time.monotonic() - started
         self._attached: list = []
         self._cgroup_fd: int | None = None
+        self._more: dict[str, int] = {}  # the daemon's sandboxes: cgroup path -> fd (attach_more)
         self.filled = False
         self._batch: list[bytes] = []
         batch = self._batch
@@ -482,7 +490,48 @@ class PolicyProbes:
             self.detach()
             raise ProbeError(f"cannot attach the egress policy to {cgroup_path}: {exc}") from None
 
+    def attach_more(self, cgroup_path) -> None:
+        """The daemon: the same policy on one more cgroup (a sandbox), beside programs others attached."""
+        if not self.filled:
+            raise ProbeError("the egress policy is not filled in: refusing to attach an empty one")
+        key = str(cgroup_path)
+        if key in self._more:
+            return
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        done = []
+        try:
+            for fn, kind in self._fns:
+                self._BPF.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI)
+                done.append((fn, kind))
+        except Exception as exc:
+            for fn, kind in done:
+                try:
+                    self._BPF.detach_func(fn, fd, kind)
+                except Exception:  # noqa: BLE001
+                    pass
+            os.close(fd)
+            raise ProbeError(f"cannot attach the egress policy to {cgroup_path}: {exc}") from None
+        self._more[key] = fd
+
+    def detach_from(self, cgroup_path) -> None:
+        """Undo attach_more; for a removed cgroup, only its fd is left to close."""
+        fd = self._more.pop(str(cgroup_path), None)
+        if fd is None:
+            return
+        for fn, kind in self._fns:
+            try:
+                self._BPF.detach_func(fn, fd, kind)
+            except Exception:  # noqa: BLE001  (the cgroup is gone, and its attachments with it)
+                pass
+        os.close(fd)
+
+    @property
+    def attached_cgroups(self) -> list[str]:
+        return sorted(self._more)
+
     def detach(self) -> None:
+        for path in list(getattr(self, "_more", {})):
+            self.detach_from(path)
         fd, self._cgroup_fd = self._cgroup_fd, None
         attached, self._attached = self._attached, []
         for fn, kind in attached:

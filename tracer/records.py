@@ -183,7 +183,7 @@ def event_record(
         "kind": "event",
         "type": ev.type,
         "time": clock.rfc3339(ev.ktime_ns),
-        "agent": agent.as_json() if agent is not None else None,
+        "agent": agent.as_json(ev.ktime_ns) if agent is not None else None,
         "process": process_json(proc),
     }
     if isinstance(ev, events.ExecEvent):

@@ -41,6 +41,16 @@ class RecordConsumer(Protocol):
     def evaluate(self, record: dict) -> list[dict]: ...
 
 
+class FleetHooks(Protocol):
+    """What the daemon adds to the pipeline: sandboxes from cgroup records, attribution checks."""
+
+    def on_cgroup(self, ev: events.CgroupEvent) -> None: ...
+
+    def attribute(self, ev: events.Event) -> bool:
+        """Settle ev.agent_id; False: the record belongs to no sandbox and is dropped."""
+        ...
+
+
 @dataclass
 class Pipeline:
     probes: Probes
@@ -55,6 +65,7 @@ class Pipeline:
     actor: Actor | None = None  # carries out rule actions (kill_process, kill_agent); None: report only
     containment: Containment | None = None  # the agent's cgroup and egress policy (run --contain, watch --cgroup)
     received: int = 0
+    fleet: "FleetHooks | None" = None  # the daemon's sandboxes (tracer/daemon.py); None for run and watch
     # Stop signals a watched process sent to agentwatch (tamper records): such a stop is ignored.
     stop_signals_from_agents: list[int] = field(default_factory=list)
     _lost_seen: dict[str, int] = field(default_factory=dict)
@@ -66,6 +77,14 @@ class Pipeline:
     def handle(self, raw: bytes) -> None:
         ev = events.decode(raw)
         self.received += 1
+        if self.fleet is not None:
+            # The daemon: cgroups made and removed are sandboxes coming and going, and a
+            # record of a cgroup the kernel attributed at birth but that is no sandbox is dropped.
+            if isinstance(ev, events.CgroupEvent):
+                self.fleet.on_cgroup(ev)
+                return
+            if not self.fleet.attribute(ev):
+                return
         if isinstance(ev, events.ConnEvent):
             self._handle_connection(ev)
             return
@@ -113,13 +132,13 @@ class Pipeline:
         if containment is not None:
             containment.name_rule(record, ev)
         self.emit(record)
-        self.writer.write(blocked_alert(record, dry_run=containment is not None and containment.dry_run))
+        self.writer.write(blocked_alert(record, dry_run=containment is not None and containment.dry_run_for(ev)))
 
     def _note_tamper(self, ev: events.TamperEvent, record: dict) -> None:
         tamper = record["tamper"]
         cg = tamper.get("cgroup")
         if cg is not None and cg["v2"] and self.containment is not None:
-            cg["leaves_agent"] = not self.containment.cgroup.contains(cg["path"])
+            cg["leaves_agent"] = self.containment.leaves_agent(cg["path"], ev.agent_id)
         if ev.kind == events.TAMPER_SIGNAL and ev.protected == events.PROTECT_SELF:
             self.stop_signals_from_agents.append(ev.arg)
 

@@ -13,7 +13,7 @@ from ..records import safe_text
 from . import fields as F
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-ACTIONS = ("none", "kill_process", "kill_agent")
+ACTIONS = ("none", "kill_process", "kill_agent", "freeze_agent")
 MITRE = re.compile(r"T\d{4}(\.\d{3})?$")
 
 # %proc.name, %agent.labels.run-id; "%%" is a literal percent sign.
