@@ -68,10 +68,12 @@ apt_install() {
 
 # --- 1. packages ------------------------------------------------------------
 # The second line is what the scenario tests and the demo run as real tools (a real sshd,
-# autossh, ncat -e, socat relays, git, curl).
+# autossh, ncat -e, socat relays, git, curl); the third, the fleet tests' Docker (dockerd and
+# a busybox root filesystem to import as a local image: no registry is reachable).
 REQUIRED=(python3-bpfcc python3-venv python3-pip iproute2 socat openssh-server
           openssh-client netcat-openbsd gcc libc6-dev make kmod procps "${EXTRA_PKGS[@]}"
-          autossh ncat git curl)
+          autossh ncat git curl
+          docker.io busybox-static)
 missing=()
 for p in "${REQUIRED[@]}"; do is_installed "$p" || missing+=("$p"); done
 
