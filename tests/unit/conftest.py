@@ -204,6 +204,22 @@ class RawRecords:
         r.oldstate = oldstate
         return bytes(r)
 
+    @classmethod
+    def cgroup(cls, *, op: int, cgroup_id: int, path: str, parent_id: int = 1, level: int | None = None,
+               flags: int = 0, **hdr) -> bytes:
+        r = events.RawCgroup()
+        hdr.setdefault("pid", 4_999_999)
+        r.hdr = cls.header(events.EVENT_CGROUP, size=ct.sizeof(r), **hdr)
+        r.cgroup_id = cgroup_id
+        r.parent_id = parent_id
+        r.op = op
+        r.level = path.strip("/").count("/") + 1 if level is None else level
+        r.flags = flags
+        data = path.encode()
+        r.path_len = len(data)
+        r.path = data
+        return bytes(r)
+
 
 @pytest.fixture
 def raw() -> type[RawRecords]:
