@@ -360,3 +360,85 @@ def test_a_restart_readopts_sandboxes_and_carries_the_episode_without_double_cou
     stratum = [a for a in d.alerts() if a["rule"] == "stratum-protocol"]
     assert len(stratum) == 2 and {episode_of(a) for a in stratum} == {"long-ep"}
     assert result.episode["alerts"] == before["alerts"] + sum(1 for a in result.alerts)
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    """A Docker daemon: the one running, or one started here the way fleet facts say (no iptables, no
+    bridge: the root namespace is left as it is) and stopped at the end."""
+    if shutil.which("dockerd") is None:
+        pytest.fail("dockerd is missing: `make setup` installs Debian's docker.io")
+    started = None
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+        with open(log, "wb") as out:
+            started = subprocess.Popen(["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"],
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+            if started.poll() is not None or time.monotonic() > deadline:
+                started.kill()
+                pytest.skip(f"dockerd cannot run on this machine: {log.read_text(errors='replace')[-600:]}")
+            time.sleep(0.2)
+    yield
+    if started is not None:
+        started.send_signal(signal.SIGTERM)
+        try:
+            started.wait(20)
+        except subprocess.TimeoutExpired:
+            started.kill()
+
+
+@pytest.fixture(scope="module")
+def busybox_image(dockerd, tmp_path_factory):
+    """A local image from Debian's busybox-static (no registry is reachable): sh, echo, sleep, and
+    busybox again as /bin/xmrig, a name the miner rules know."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is missing: `make setup` installs busybox-static")
+    root = tmp_path_factory.mktemp("rootfs")
+    (root / "bin").mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")
+    for applet in ("sh", "echo", "sleep", "true", "xmrig"):
+        (root / "bin" / applet).symlink_to("busybox")
+    tag = f"agentwatch-test/busybox:{uuid.uuid4().hex[:6]}"
+    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
+    subprocess.run(["docker", "import", "-", tag], input=tar, capture_output=True, check=True, timeout=60)
+    # One container first, so that Docker's parent cgroup exists before the daemon starts (see README, Limits).
+    subprocess.run(["docker", "run", "--rm", "--network", "none", tag, "/bin/true"], capture_output=True,
+                   check=True, timeout=60)
+    yield tag
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
+
+
+def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fire(net, daemons, busybox_image):
+    d = daemons("")
+    d.config_text = textwrap.dedent(f"""\
+        control: {{socket: {d.socket}, mode: "0600"}}
+        output: {d.output}
+        state: {d.tmp}/{d.name}.state.json
+        events: true
+        rules: [{RULES}]
+        sandboxes:
+          - match: [system.slice/docker-*.scope, docker/*]
+            runtime: docker
+            on_alert: report
+            labels: {{fleet: docker-test}}
+        """)
+    d.start()
+    name = f"aw-fleet-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--name", name, "--label", "task=42",
+                           "--label", "trainer=ppo", busybox_image, "/bin/xmrig", "-o", "stratum+tcp://pool.example:3333"],
+                          capture_output=True, text=True, timeout=60)
+    assert "applet not found" in proc.stderr  # busybox as xmrig: it ran, as the container's first process
+    found = d.wait_for(lambda r: r.get("rule") == "miner-binary-name" and sandbox_of(r) == name,
+                       what="miner-binary-name alert of the container")
+    agent = found[0]["agent"]
+    assert agent["sandbox"]["runtime"] == "docker" and agent["sandbox"]["image"] == busybox_image
+    assert len(agent["sandbox"]["container_id"]) == 64
+    assert agent["labels"] == {"fleet": "docker-test", "task": "42", "trainer": "ppo"}
+    assert found[0]["process"]["argv"][0] == "/bin/xmrig"
+    added = [r for r in d.statuses("sandbox_added") if sandbox_of(r) == name]
+    assert len(added) == 1 and "runtime_note" not in added[0]
+    d.wait_for(lambda r: r.get("status") == "sandbox_removed" and sandbox_of(r) == name,
+               what="sandbox_removed once the container is gone")
