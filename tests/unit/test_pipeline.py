@@ -313,10 +313,11 @@ def test_drain_flushes_only_when_something_arrived(pipe, monkeypatch, raw):
 class FakeContainment:
     """Denials on their own ring buffer, as Containment.poll gives them."""
 
-    dry_run = False
-
     def __init__(self) -> None:
         self.batches: list[list[bytes]] = []
+
+    def dry_run_for(self, ev) -> bool:
+        return False
 
     def poll(self) -> list[bytes]:
         return self.batches.pop(0) if self.batches else []

@@ -196,7 +196,7 @@ def test_enabled_alone_toggles_an_earlier_rule():
         ("- rule: R_1\n  severity: low\n",
          "r.yaml:1: rule 'R_1': a rule id is lowercase letters, digits and dashes"),
         ("- rule: r\n  severity: low\n  events: [exec]\n  condition: proc.name = x\n  action: kill\n",
-         "r.yaml:5: rule r: bad action 'kill' (one of none, kill_process, kill_agent)"),
+         "r.yaml:5: rule r: bad action 'kill' (one of none, kill_process, kill_agent, freeze_agent)"),
         ("- rule: r\n  severity: low\n  events: [exec]\n  condition: proc.name = x\n"
          "  output: \"%proc.name did %proc.nmae\"\n",
          "r.yaml:5: rule r: output: unknown field '%proc.nmae'"),
