@@ -61,7 +61,10 @@ class Client:
         if self._sock is None:
             self._sock, self._buf = self._connect(), b""
         try:
-            self._sock.sendall(orjson.dumps(obj) + b"\n")
+            try:
+                self._sock.sendall(orjson.dumps(obj) + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refused peer is told why, then closed: read that line below
             reply = self._line(self._sock)
         except (OSError, DaemonError):
             self.close()

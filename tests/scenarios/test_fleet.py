@@ -7,6 +7,7 @@ starts it, episodes marked over its control socket with the harness API.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 
@@ -172,6 +174,11 @@ def test_twenty_sandboxes_alerts_land_in_their_sandbox_and_episode(net, web, poo
         st = c.status()
     assert all(s["episodes"] == 3 and s["episode"] is None for s in st["sandboxes"] if s["name"] in names)
     assert sum(st["daemon"]["lost"].values()) == 0
+    # Every record the daemon wrote keeps the contract of docs/event.schema.json.
+    validator = jsonschema.Draft202012Validator(json.loads((REPO / "docs" / "event.schema.json").read_text()))
+    for record in d.records():
+        errors = [e.message for e in validator.iter_errors(record)]
+        assert not errors, (record.get("type") or record.get("status") or record.get("rule"), errors)
 
 
 BOUNDARY = textwrap.dedent(f"""\
@@ -307,12 +314,13 @@ def test_bad_input_is_refused_and_the_daemon_keeps_watching(net, web, daemons, f
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            c = socket.socket(socket.AF_UNIX)
-            c.connect(d.socket)
-            c.settimeout(5)
-            c.sendall(b'{"op":"status"}\n')
-            reply = orjson.loads(c.recv(4096).splitlines()[0])
-            os._exit(0 if not reply["ok"] and "permission denied" in reply["error"] else 1)
+            from tracer.harness import Client, DaemonError  # noqa: PLC0415
+
+            try:
+                Client(d.socket, timeout=5).status()
+                os._exit(1)
+            except DaemonError as exc:
+                os._exit(0 if str(exc).startswith("permission denied") else 3)
         except BaseException as exc:  # noqa: BLE001
             os.write(2, f"refused-peer child: {exc!r}\n".encode())
             os._exit(2)
@@ -369,8 +377,8 @@ def dockerd(tmp_path_factory):
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is missing: `make setup` installs Debian's docker.io")
     started = None
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
     if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
         with open(log, "wb") as out:
             started = subprocess.Popen(["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"],
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -380,7 +388,15 @@ def dockerd(tmp_path_factory):
                 started.kill()
                 pytest.skip(f"dockerd cannot run on this machine: {log.read_text(errors='replace')[-600:]}")
             time.sleep(0.2)
-    yield
+
+    def alive() -> str:
+        """'' while the Docker daemon answers, else what its log says."""
+        if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0:
+            return ""
+        state = f"exited {started.poll()}" if started is not None else "not ours"
+        return f"dockerd ({state}) stopped answering: {log.read_text(errors='replace')[-1500:] if log.exists() else ''}"
+
+    yield alive
     if started is not None:
         started.send_signal(signal.SIGTERM)
         try:
@@ -411,7 +427,8 @@ def busybox_image(dockerd, tmp_path_factory):
     subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
 
 
-def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fire(net, daemons, busybox_image):
+def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fire(net, daemons, dockerd,
+                                                                                  busybox_image):
     d = daemons("")
     d.config_text = textwrap.dedent(f"""\
         control: {{socket: {d.socket}, mode: "0600"}}
@@ -426,6 +443,7 @@ def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fir
             labels: {{fleet: docker-test}}
         """)
     d.start()
+    assert not dockerd(), dockerd()
     name = f"aw-fleet-{uuid.uuid4().hex[:6]}"
     proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--name", name, "--label", "task=42",
                            "--label", "trainer=ppo", busybox_image, "/bin/xmrig", "-o", "stratum+tcp://pool.example:3333"],
