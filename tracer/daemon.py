@@ -185,7 +185,8 @@ class Daemon:
         rec = status_record(self.pipeline.clock, status, agent, **fields)
         if episode is not None and rec["agent"] is not None:
             rec["agent"]["episode"] = episode.as_json()
-        self.pipeline.emit(rec)
+        # The daemon's own account (sandboxes, episodes, refusals) is written with or without `events`.
+        self.pipeline.emit(rec, always=True)
 
     # ---- start ---------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ class Daemon:
         clock = self.pipeline.clock
         if ended is not None:
             self.emit("episode_ended", sb.agent, {"episode_summary": ended.summary(clock), "implicit": True}, ended)
+            ended.alerts = []  # nobody asked for them (no `end`); the count stays
         self.emit("episode_begun", sb.agent, {"episode_summary": ep.summary(clock)})
         self.pipeline.writer.flush()
         self.save_state(force=True)
@@ -302,6 +304,7 @@ class Daemon:
             self.emit("episode_ended", p.sandbox.agent, {"episode_summary": summary}, p.episode)
             self.control.send(p.conn, {"ok": True, "sandbox": p.sandbox.name, "episode": summary,
                                        "alerts": p.episode.alerts})
+            p.episode.alerts = []  # handed over: an ended episode keeps only its counts
         self.pipeline.writer.flush()
 
     def subscribe(self, conn, req: Request) -> None:

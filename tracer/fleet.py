@@ -192,14 +192,17 @@ class Fleet:
             self.adopt(Found(ev.path, ev.cgroup_id, klass))
             return
         if ev.attributed:
-            # Attributed at birth, and no sandbox after all: undo it in the kernel.
+            # Attributed at birth, and no sandbox after all: undo it in the kernel. A process
+            # that already joined the tgid map with this id leaves it at its next (dropped)
+            # record or at its exit: no walk over the whole map for every cgroup made.
             self.probes.unwatch_cgroup(ev.cgroup_id)
-            self.probes.forget_agent(kid)
         if kind == "parent":
             self.watch_parent(ev.cgroup_id, ev.path)
 
     def retire(self, sb: Sandbox, reason: str = "cgroup removed") -> None:
         ended = sb.timeline.end(time.monotonic_ns())
+        if ended is not None:
+            ended.alerts = []
         self.probes.unwatch_cgroup(sb.cgroup_id)
         if sb.policy is not None:
             pp = self.policies.get((sb.klass.policy, sb.klass.dry_run))
@@ -229,6 +232,8 @@ class Fleet:
         sb = self.sandboxes.get(kid) or self._retired.get(kid)
         if sb is None:
             self.dropped_records += 1
+            if kid:
+                self.probes.unwatch(ev.pid)  # attributed at birth to a cgroup that is no sandbox
             return False
         sb.events += 1
         return True

@@ -296,13 +296,6 @@ class Probes:
         except KeyError:
             pass
 
-    def forget_agent(self, agent_id: int) -> list[int]:
-        """Drop every tgid the kernel holds in this agent; the tgids dropped."""
-        gone = self.members(agent_id)
-        for tgid in gone:
-            self.unwatch(tgid)
-        return gone
-
     def protect(self, pids: dict[int, int]) -> None:
         """pid -> events.PROTECT_*: signals and ptraces aimed at these are tamper records."""
         table = self._bpf[b"aw_protected"]

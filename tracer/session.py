@@ -187,13 +187,13 @@ class Pipeline:
         if question is not None:
             self.emit(dns_record(send, question))
 
-    def emit(self, record: dict) -> None:
-        """Write an event or status record (unless events are hidden) and its alerts.
+    def emit(self, record: dict, always: bool = False) -> None:
+        """Write an event or status record (unless events are hidden and not always) and its alerts.
 
         An alert's action (kill_process, kill_agent) is carried out before
         the alert is written, and the alert records what was done.
         """
-        if self.show_events:
+        if self.show_events or always:
             self.writer.write(record)
         if self.rules is not None:
             for alert in self.rules.evaluate(record):

@@ -54,9 +54,9 @@ class FakeProbes:
     def watch_cgroup_children(self, cid: int) -> None:
         self.parents.add(cid)
 
-    def forget_agent(self, agent: int) -> list[int]:
-        self.forgotten.append(agent)
-        return []
+    def unwatch(self, tgid: int) -> None:
+        self.forgotten.append(tgid)
+        self.watched.pop(tgid, None)
 
     def members(self, agent: int) -> list[int]:
         return [t for t, a in self.watched.items() if a == agent]
@@ -224,7 +224,7 @@ def test_new_cgroups_sandbox_parent_or_neither(world, raw):
     recs = feed(world,
                 raw.cgroup(op=events.CGROUP_MKDIR, cgroup_id=77, path="/system.slice", flags=events.CGROUP_ATTRIBUTED),
                 raw.exec(filename=b"/bin/x", argv=[b"x"], pid=P + 8, agent_id=77, comm=b"x"))
-    assert recs == [] and 77 not in probes.cgroups and 77 in probes.forgotten
+    assert recs == [] and 77 not in probes.cgroups and P + 8 in probes.forgotten
     assert fleet.dropped_records == 1
     # A new parent: its children will be attributed at birth.
     feed(world, raw.cgroup(op=events.CGROUP_MKDIR, cgroup_id=88, path="/other.slice"))
@@ -239,6 +239,20 @@ def test_new_cgroups_sandbox_parent_or_neither(world, raw):
     assert recs[0]["status"] == "sandbox_removed" and recs[0]["agent"]["sandbox"]["name"] == "sb-new"
     assert recs[1]["type"] == "connection" and recs[1]["agent"]["sandbox"]["name"] == "sb-new"
     assert fleet.find("sb-new") is None and new_id not in probes.cgroups
+
+
+def test_the_daemon_s_own_records_are_written_without_events(world, tmp_path):
+    world.pipeline.show_events = False
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(tmp_path / "control.sock"))
+    client.sendall(b"nonsense\n")
+    for _ in range(20):
+        for conn, req in world.control.poll(0.05):
+            world._handle(conn, req)
+        if world.bad_requests:
+            break
+    assert [r["status"] for r in world.pipeline.writer.writer.records if r.get("kind") == "status"][-1] == "control_error"
+    client.close()
 
 
 def test_on_alert_overrides_the_rule_action_at_and_above_its_severity():
