@@ -31,9 +31,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .rules.parser import RulesError, YList, YMap, _Converter
+from .rules.parser import RulesError, YList, YMap, load_document
 from .sandboxes import RUNTIMES, Pattern, PatternError, SandboxClass
 
 DEFAULT_PATH = "/etc/agentwatch/agentwatch.yaml"
@@ -124,19 +122,13 @@ def parse(text: str, file: str, base: Path | None = None) -> DaemonConfig:
     base = base or Path(file).resolve().parent
     d = _Doc(file)
     try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{file}:{mark.line + 1 if mark else 1}: YAML: {problem}") from None
-    if root is None:
-        raise ConfigError(f"{file}:1: config: the file is empty (it needs at least `sandboxes:`)")
-    try:
-        doc = _Converter(file).convert(root)
+        doc, first_line = load_document(text, file)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
+    if doc is None:
+        raise ConfigError(f"{file}:1: config: the file is empty (it needs at least `sandboxes:`)")
     if not isinstance(doc, YMap):
-        d.fail(root.start_mark.line + 1, "config", "the config is a mapping (control, output, sandboxes, ...)")
+        d.fail(first_line, "config", "the config is a mapping (control, output, sandboxes, ...)")
     d.keys(doc, _TOP, "")
 
     control = ControlConfig()

@@ -32,9 +32,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from .rules.parser import RulesError, YList, YMap, _Converter
+from .rules.parser import RulesError, YList, YMap, load_document
 
 MAX_RULES = 64            # one bit each in the kernel's u64 masks
 MAX_PORT_RANGES = 16      # "lo-hi" ranges in the whole policy: AW_POL_RANGES in bpf/policy.bpf.c
@@ -300,19 +299,13 @@ def _parse_rule(file: str, rule, index: int, line: int, seen: dict) -> PolicyRul
 def parse(text: str, file: str) -> Policy:
     """A policy from YAML text; PolicyError (file:line: field: what) at the first problem."""
     try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PolicyError(f"{file}:{mark.line + 1 if mark else 1}: YAML: {problem}") from None
-    if root is None:
-        raise PolicyError(f"{file}:1: policy: the file is empty")
-    try:
-        doc = _Converter(file).convert(root)
+        doc, first_line = load_document(text, file)
     except RulesError as exc:
         raise PolicyError(str(exc)) from None
+    if doc is None:
+        raise PolicyError(f"{file}:1: policy: the file is empty")
     if not isinstance(doc, YMap):
-        _fail(file, root.start_mark.line + 1, "policy", "a policy is a mapping with name, default and rules")
+        _fail(file, first_line, "policy", "a policy is a mapping with name, default and rules")
     for key in doc:
         if key not in _TOP_KEYS:
             _fail(file, doc.key_line[key], key, f"unknown key (one of {', '.join(_TOP_KEYS)})")

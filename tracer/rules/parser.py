@@ -88,8 +88,12 @@ class _Converter:
             raise RulesError(f"{self.file}:{node.start_mark.line + 1}: YAML: {exc.problem or exc}") from None
 
 
-def load_items(text: str, file: str) -> YList:
-    """The items of a rules file, each a YMap; an empty file has none."""
+def load_document(text: str, file: str) -> tuple[object, int]:
+    """A YAML document as YMap / YList / scalars that know their lines, and the line it starts on.
+
+    (None, 1) for an empty document. RulesError (`file:line: YAML: what`) when it is not YAML;
+    the rules, policy and daemon config loaders turn that into their own error.
+    """
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -98,15 +102,22 @@ def load_items(text: str, file: str) -> YList:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RulesError(f"{file}:{line}: YAML: {problem}") from None
     if root is None:
+        return None, 1
+    try:
+        return _Converter(file).convert(root), root.start_mark.line + 1
+    except RecursionError:
+        raise RulesError(f"{file}:{root.start_mark.line + 1}: YAML: nests too deep") from None
+
+
+def load_items(text: str, file: str) -> YList:
+    """The items of a rules file, each a YMap; an empty file has none."""
+    items, first_line = load_document(text, file)
+    if items is None:
         empty = YList()
         empty.where, empty.item_line, empty.raw = Where(file, 1), [], []
         return empty
-    try:
-        items = _Converter(file).convert(root)
-    except RecursionError:
-        raise RulesError(f"{file}:{root.start_mark.line + 1}: YAML: nests too deep") from None
     if not isinstance(items, YList):
-        raise RulesError(f"{file}:{root.start_mark.line + 1}: a rules file is a YAML list of items (rule, macro, list)")
+        raise RulesError(f"{file}:{first_line}: a rules file is a YAML list of items (rule, macro, list)")
     for item, line in zip(items, items.item_line):
         if not isinstance(item, YMap):
             raise RulesError(f"{file}:{line}: an item is a mapping with a rule, macro or list key")
