@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from .cgroups import PARENT
+
 RUNTIMES = ("docker", "kubernetes", "systemd", "cgroup")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -84,6 +86,9 @@ def _match(pat: tuple[str, ...], i: int, comps: tuple[str, ...], j: int, prefix:
     if pat[i] == "**":
         return _match(pat, i + 1, comps, j, prefix) or _match(pat, i, comps, j + 1, prefix)
     return fnmatchcase(comps[j], pat[i]) and _match(pat, i + 1, comps, j + 1, prefix)
+
+
+RUN_CONTAIN_CGROUPS = Pattern.parse(f"{PARENT}/agent-*")
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,15 @@ class SandboxClass:
 
 
 def classify(path: str, classes: list[SandboxClass]) -> tuple[str | None, SandboxClass | None]:
-    """("sandbox", its class), ("parent", None) or (None, None) for a cgroup path; first class wins."""
+    """("sandbox", its class), ("parent", None) or (None, None) for a cgroup path; first class wins.
+
+    The cgroups `agentwatch run --contain` makes for itself are never sandboxes: that agentwatch
+    watches them, and attaches its policy there alone (a daemon's policy beside it would make
+    its attach fail).
+    """
     comps = components(path)
+    if RUN_CONTAIN_CGROUPS.matches(comps):
+        return None, None
     for c in classes:
         if comps and c.matches(comps):
             return "sandbox", c

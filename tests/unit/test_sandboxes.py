@@ -79,6 +79,12 @@ def test_classify_first_class_wins_and_parents_are_prefixes():
     assert classify("/docker/x/y", [klass("docker/*")]) == (None, None)
 
 
+def test_the_cgroups_of_run_contain_are_never_sandboxes():
+    classes = [klass("agentwatch.slice/*")]
+    assert classify("/agentwatch.slice/agent-0123456789ab", classes) == (None, None)
+    assert classify("/agentwatch.slice/rollout-1", classes)[0] == "sandbox"
+
+
 def test_within():
     assert within("/a/b/c", "/a/b") and within("/a/b", "/a/b")
     assert not within("/a/bc", "/a/b")
