@@ -3,12 +3,12 @@ rule-engine throughput, side by side with bpftrace and auditd.
 
 One concern per module: build (compile progs/*.c), workloads (the programs
 and the agent-mix fixture), tracers (the configurations), overhead, loss,
-latency, memory, replay (the phases), report (results.md, results.json).
+latency, memory, replay, fleet (the phases), report (results.md, results.json).
 
 Environment knobs (all optional):
   BENCH_ROUNDS=5        interleaved rounds of the overhead phase (at least 3 are kept)
   BENCH_SCALE=1         multiply workload counts (e.g. 0.1 while developing)
-  BENCH_PHASES=...      comma list of overhead,loss,latency,memory,replay
+  BENCH_PHASES=...      comma list of overhead,loss,latency,memory,replay,fleet
   BENCH_BUDGET_S=780    the overhead phase gives up rounds to end the whole run in time
   BENCH_WAIT_QUIET=0    wait up to this many seconds for load average < BENCH_QUIET_LOAD (0.5)
   AGENTWATCH=CMD        the agentwatch command (default .venv/bin/agentwatch)
@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import build  # noqa: E402
+import fleet  # noqa: E402
 import latency  # noqa: E402
 import loss  # noqa: E402
 import memory  # noqa: E402
@@ -39,10 +40,10 @@ from stats import summary  # noqa: E402
 from tracers import Auditd, AwRun, AwWatch, Bpftrace  # noqa: E402
 from workloads import MixFixture, make_workloads, scale  # noqa: E402
 
-PHASES = ["overhead", "loss", "latency", "memory", "replay"]
+PHASES = ["overhead", "loss", "latency", "memory", "replay", "fleet"]
 # Seconds the phases after overhead take at full scale on a 2-CPU VM (measured), so that
 # the overhead phase knows when to stop adding rounds.
-RESERVE_S = {"loss": 150, "latency": 40, "memory": 45, "replay": 90}
+RESERVE_S = {"loss": 150, "latency": 40, "memory": 45, "replay": 90, "fleet": 30}
 
 
 def log(msg: str) -> None:
@@ -160,6 +161,10 @@ def run_phases(res, aw, progs, mix, workloads, phases, rounds, deadline) -> None
         cap = max(30.0, min(120.0, deadline - time.monotonic()))
         res["replay"] = replay.measure(aw, progs, mix, scale(500_000), cap, 2, log)
         lap("replay")
+    if "fleet" in phases:
+        log("== fleet")
+        res["fleet"] = fleet.measure(aw, progs, 100, scale(10_000), 30, 200, log)
+        lap("fleet")
     res["armed"] = {k: summary(v) for k, v in armed.items()}
     aw_all = armed.get("aw-watch", []) + armed.get("aw-run", [])
     if aw_all:
