@@ -24,7 +24,7 @@ Docker, and a control socket and state file in a temp dir. Then:
 3. episode boundaries: begin/end pairs on one sandbox over the control
    socket (tracer.harness.Client): the begin round trip (the boundary is
    placed when the daemon reads the request; the reply carries
-   request_to_effect_ns, from that stamp to the reply, measured inside it;
+   boundary_to_reply_ns, from that stamp to the reply, measured inside it;
    the round trip less that bounds the time from send to effect) and the
    end round trip (the reply waits for a drain that began after the
    boundary).
@@ -141,7 +141,7 @@ class FleetRun:
               socket: {self.socket}
               mode: "0600"
             output: {self.output}
-            state: {self.tmp}/state.json
+            state: {self.tmp}/state
             events: true
             docker_socket: /nonexistent/docker.sock
             rules: [{PY_RULES}]
@@ -395,15 +395,15 @@ def boundaries(run: FleetRun, pairs: int, log) -> dict:
                 errors.append(str(exc))
                 continue
             begin_rt.append(t1 - t0)
-            effect.append(reply["request_to_effect_ns"])
-            to_effect.append(t1 - t0 - reply["request_to_effect_ns"])
+            effect.append(reply["boundary_to_reply_ns"])
+            to_effect.append(t1 - t0 - reply["boundary_to_reply_ns"])
             end_rt.append(t2 - t1)
             if result.episode.get("id") != f"bench-{i}":
                 errors.append(f"end returned episode {result.episode.get('id')!r}, not bench-{i}")
     out = {"sandbox": sb, "pairs": pairs, "done": len(begin_rt), "errors": errors[:5],
-           "begin_round_trip_ms": spread_ms(begin_rt), "begin_request_to_effect_ms": spread_ms(effect),
+           "begin_round_trip_ms": spread_ms(begin_rt), "begin_boundary_to_reply_ms": spread_ms(effect),
            # The boundary is stamped when the daemon has read the request; what the daemon reports
-           # (request_to_effect_ns) runs from that stamp to its reply. The round trip less that is
+           # (boundary_to_reply_ns) runs from that stamp to its reply. The round trip less that is
            # what the request took to be read plus the reply's way back: a bound on send to effect.
            "begin_send_to_effect_bound_ms": spread_ms(to_effect),
            "end_round_trip_ms": spread_ms(end_rt)}

@@ -97,7 +97,7 @@ def fleet_targets(res: dict) -> list[dict]:
                             "first execs attributed" if seen else "n/a",
                 "met": None if not seen else bool(all_in and seen["max"] < FLEET_FIRST_EVENT_MS)})
     bd = fl.get("boundary") or {}
-    b, e, eff = bd.get("begin_round_trip_ms"), bd.get("end_round_trip_ms"), bd.get("begin_request_to_effect_ms")
+    b, e, eff = bd.get("begin_round_trip_ms"), bd.get("end_round_trip_ms"), bd.get("begin_boundary_to_reply_ms")
     out.append({"target": f"episode boundary request to effect (begin round trip p90 < {FLEET_BEGIN_MS} ms)",
                 "measured": f"begin {_pct(b, 2)} round trip ({_pct(eff, 2)} of it in the daemon after the "
                             f"boundary took effect); end, its drain included, {_pct(e)} (median / p90 / max)"
@@ -172,8 +172,8 @@ def fleet_section(res: dict) -> list[str]:
         L += _md_table(["", "median", "p90", "max"], [
             [label] + [_num((bd.get(key) or {}).get(k), d, " ms") for k in ("median", "p90", "max")]
             for label, key, d in (("begin: round trip", "begin_round_trip_ms", 2),
-                                  ("begin: the daemon's request_to_effect_ns (boundary stamped to reply)",
-                                   "begin_request_to_effect_ms", 3),
+                                  ("begin: the daemon's boundary_to_reply_ns (boundary stamped to reply)",
+                                   "begin_boundary_to_reply_ms", 3),
                                   ("begin: send to boundary stamped, at most (round trip less the above)",
                                    "begin_send_to_effect_bound_ms", 3),
                                   ("end: round trip (reply after a drain past the boundary)", "end_round_trip_ms", 1))])

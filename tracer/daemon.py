@@ -169,14 +169,13 @@ class Daemon:
     pipeline: Pipeline
     fleet: Fleet
     control: ControlServer
-    state_path: Path
+    state: "StateDir"
     started_ns: int = field(default_factory=time.monotonic_ns)
     pending: list[PendingEnd] = field(default_factory=list)
     refused: int = 0
     bad_requests: int = 0
     reload_requested: bool = False
     _state_saved: float = 0.0
-    _state_sig: tuple = ()
 
     # ---- status records -----------------------------------------------------------
 
@@ -191,8 +190,9 @@ class Daemon:
     # ---- start ---------------------------------------------------------------------
 
     def start(self) -> None:
-        restored = load_state(self.state_path)
+        restored = self.state.load()
         self.fleet.restored = restored
+        self.fleet.on_retire = self.state.forget
         found, parents = scan(self.fleet.mount, list(self.fleet.classes))
         fleet_from_scan(self.fleet, found, parents)
         self.emit("daemon_started", None, {
@@ -211,7 +211,7 @@ class Daemon:
             began = time.monotonic_ns()
             n = self.pipeline.drain(0)
             self._answer_due(began - DENIAL_SKEW_NS)
-            for conn, req in self.control.poll(0 if n else POLL_S):
+            for conn, req in self.control.poll(0 if n else self._idle_wait()):
                 self._handle(conn, req)
             self._log_refused()
             if self.reload_requested:
@@ -273,10 +273,10 @@ class Daemon:
             ended.alerts = []  # nobody asked for them (no `end`); the count stays
         self.emit("episode_begun", sb.agent, {"episode_summary": ep.summary(clock)})
         self.pipeline.writer.flush()
-        self.save_state(force=True)
+        self.save_state(only=sb)
         return {"ok": True, "sandbox": sb.name, "episode": ep.summary(clock),
                 "ended": ended.summary(clock) if ended is not None else None,
-                "request_to_effect_ns": time.monotonic_ns() - at}
+                "boundary_to_reply_ns": time.monotonic_ns() - at}
 
     def end(self, conn, req: Request) -> None:
         sb = self._sandbox(req)
@@ -287,8 +287,15 @@ class Daemon:
         if req.episode is not None and req.episode != ep.id:
             raise ControlError(f"field 'episode': the episode in force in {sb.name} is {ep.id!r}")
         sb.timeline.end(at)
-        self.save_state(force=True)
+        self.save_state(only=sb)
         self.pending.append(PendingEnd(conn, sb, ep, at + DENIAL_SKEW_NS))
+
+    def _idle_wait(self) -> float:
+        """The drain tick, or less while an `end` waits for the drain that lets it be answered."""
+        if not self.pending:
+            return POLL_S
+        ready_at = min(p.due_ns for p in self.pending) + DENIAL_SKEW_NS  # a drain must begin past this
+        return max(0.0, min(POLL_S, (ready_at - time.monotonic_ns()) / 1e9))
 
     def _answer_due(self, cut_ns: int | None) -> None:
         """Reply to `end`s whose boundary every record read so far has passed."""
@@ -369,45 +376,84 @@ class Daemon:
 
     # ---- state across restarts -------------------------------------------------------
 
-    def save_state(self, force: bool = False) -> None:
+    def save_state(self, force: bool = False, only: Sandbox | None = None) -> None:
+        """Each sandbox's state in a file of its own, so that a boundary rewrites one small file.
+
+        only: that sandbox, now (begin, end). Otherwise the sandboxes whose counts moved, at most
+        every STATE_EVERY_S; force: all of them, now (start and stop).
+        """
+        if only is not None:
+            self.state.save(only)
+            return
         now = time.monotonic()
         if not force and now - self._state_saved < STATE_EVERY_S:
             return
-        sig = tuple((sb.cgroup_id, sb.events, sb.alerts, sb.timeline.count) for sb in self.fleet.sandboxes.values())
-        if not force and sig == self._state_sig:
-            self._state_saved = now
-            return
-        state = {"boot_id": boot_id(), "sandboxes": {
-            str(sb.cgroup_id): {
-                "name": sb.name, "agent": sb.agent.id, "events": sb.events, "alerts": sb.alerts,
-                "episodes": sb.timeline.count,
-                "episode": sb.timeline.current.state() if sb.timeline.current is not None else None,
-            } for sb in self.fleet.sandboxes.values()}}
-        tmp = self.state_path.with_suffix(".tmp")
+        self._state_saved = now
+        for sb in list(self.fleet.sandboxes.values()):
+            if force or self.state.changed(sb):
+                self.state.save(sb)
+
+
+@dataclass
+class StateDir:
+    """What a restarted daemon needs, one JSON file per sandbox: <dir>/<cgroup id>.json.
+
+    Only files of this boot count: cgroup ids start over at boot.
+    """
+
+    path: Path
+    boot: str = field(default_factory=boot_id)
+    _saved: dict = field(default_factory=dict)  # cgroup id -> the counts last written
+
+    @staticmethod
+    def _counts(sb: Sandbox) -> tuple:
+        ep = sb.timeline.current
+        return (sb.events, sb.alerts, sb.timeline.count, ep.id if ep else None,
+                (ep.alert_count, ep.records) if ep else None)
+
+    def changed(self, sb: Sandbox) -> bool:
+        return self._saved.get(sb.cgroup_id) != self._counts(sb)
+
+    def save(self, sb: Sandbox) -> None:
+        ep = sb.timeline.current
+        state = {"boot_id": self.boot, "name": sb.name, "agent": sb.agent.id, "events": sb.events,
+                 "alerts": sb.alerts, "episodes": sb.timeline.count, "episode": ep.state() if ep else None}
+        file = self.path / f"{sb.cgroup_id}.json"
+        tmp = file.with_suffix(".tmp")
         try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.state_path)
+            os.replace(tmp, file)
         except OSError as exc:
-            print(f"agentwatch daemon: cannot save state to {self.state_path}: {exc.strerror}", file=sys.stderr)
-        self._state_saved, self._state_sig = now, sig
+            print(f"agentwatch daemon: cannot save state to {file}: {exc.strerror}", file=sys.stderr)
+            return
+        self._saved[sb.cgroup_id] = self._counts(sb)
 
-
-def load_state(path: Path) -> dict:
-    """cgroup id -> saved sandbox state, from this boot only (cgroup ids start over at boot)."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(state, dict) or state.get("boot_id") != boot_id():
-        return {}
-    out = {}
-    for key, value in (state.get("sandboxes") or {}).items():
+    def forget(self, cgroup_id: int) -> None:
+        self._saved.pop(cgroup_id, None)
         try:
-            out[int(key)] = value
-        except ValueError:
-            continue
-    return out
+            (self.path / f"{cgroup_id}.json").unlink()
+        except OSError:
+            pass
+
+    def load(self) -> dict:
+        """cgroup id -> saved sandbox state, of this boot only; files of another boot are removed."""
+        out = {}
+        try:
+            files = sorted(self.path.glob("*.json"))
+        except OSError:
+            return out
+        for f in files:
+            try:
+                state = json.loads(f.read_text())
+                cid = int(f.stem)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(state, dict) or state.get("boot_id") != self.boot:
+                f.unlink(missing_ok=True)
+                continue
+            out[cid] = state
+        return out
 
 
 def install_reload(daemon: Daemon) -> None:
@@ -498,7 +544,7 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
                                                              if fleet.of_agent_id(aid) else None),
                                       clock_offset_ns=pipeline.clock.offset_ns, fleet=fleet)
         pipeline.table.seed_from_proc()
-        daemon = Daemon(config, pipeline, fleet, control, Path(config.state))
+        daemon = Daemon(config, pipeline, fleet, control, StateDir(Path(config.state)))
         stop = StopFlag()
         stack.callback(stop.restore)
         install_reload(daemon)

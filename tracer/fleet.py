@@ -94,6 +94,7 @@ class Fleet:
     _retired: OrderedDict = field(default_factory=OrderedDict)    # kernel agent id -> Sandbox
     _by_name: dict[str, Sandbox] = field(default_factory=dict)
     dropped_records: int = 0          # records of cgroups attributed at birth that were no sandbox
+    on_retire: Callable[[int], None] | None = None  # a sandbox gone: its cgroup id (the daemon drops its state)
 
     # ---- finding sandboxes ------------------------------------------------------------
 
@@ -216,6 +217,8 @@ class Fleet:
             kid, old = self._retired.popitem(last=False)
             if self.agents.by_kernel_id(kid) is old.agent:
                 self.agents.remove(kid)
+        if self.on_retire is not None:
+            self.on_retire(sb.cgroup_id)
         self.emit("sandbox_removed", sb.agent, {"reason": reason, "events": sb.events, "alerts": sb.alerts,
                                                 "episodes": sb.timeline.count,
                                                 "episode_ended": ended.id if ended is not None else None})

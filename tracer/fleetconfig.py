@@ -7,7 +7,7 @@
     output: /var/log/agentwatch/records.jsonl   # "-": standard output
     events: false                  # true: every event record, not only alerts
     rules: []                      # rules files or directories; none: agentwatch's rules/
-    state: /run/agentwatch/state.json
+    state: /run/agentwatch/state     # a directory: one small file per sandbox
     docker_socket: /var/run/docker.sock
     internal_cidrs: []
     allow_dests: []
@@ -36,7 +36,7 @@ from .sandboxes import RUNTIMES, Pattern, PatternError, SandboxClass
 
 DEFAULT_PATH = "/etc/agentwatch/agentwatch.yaml"
 DEFAULT_SOCKET = "/run/agentwatch/control.sock"
-DEFAULT_STATE = "/run/agentwatch/state.json"
+DEFAULT_STATE = "/run/agentwatch/state"
 ON_ALERT = ("rule", "report", "kill_process", "kill_agent", "freeze_agent")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _TOP = ("control", "output", "events", "rules", "state", "docker_socket", "internal_cidrs", "allow_dests",

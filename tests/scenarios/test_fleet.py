@@ -74,7 +74,7 @@ def config(d: DaemonRun, rel_slice: str, extra_sandboxes: str = "") -> str:
           socket: {d.socket}
           mode: "0666"
         output: {d.output}
-        state: {d.tmp}/{d.name}.state.json
+        state: {d.tmp}/{d.name}.state
         events: true
         docker_socket: /nonexistent/docker.sock
         rules: [{RULES}]
@@ -433,7 +433,7 @@ def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fir
     d.config_text = textwrap.dedent(f"""\
         control: {{socket: {d.socket}, mode: "0600"}}
         output: {d.output}
-        state: {d.tmp}/{d.name}.state.json
+        state: {d.tmp}/{d.name}.state
         events: true
         rules: [{RULES}]
         sandboxes:

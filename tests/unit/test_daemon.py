@@ -14,7 +14,7 @@ import pytest
 
 from tracer import events
 from tracer.control import ControlError, ControlServer, Request
-from tracer.daemon import AlertFanout, Daemon, SandboxJudge, SandboxPolicies, apply_on_alert
+from tracer.daemon import AlertFanout, Daemon, SandboxJudge, SandboxPolicies, StateDir, apply_on_alert
 from tracer.fleet import Fleet, kernel_agent_id
 from tracer.fleetconfig import DaemonConfig
 from tracer.sandboxes import Pattern, SandboxClass
@@ -98,8 +98,8 @@ def world(tmp_path):
     pipe.fleet = fleet
     pipe.containment = SandboxPolicies(fleet)
     pipe.rules = SandboxJudge(AlertOnConnect(), fleet)
-    config = DaemonConfig(file="test.yaml", sandboxes=tuple(classes), state=str(tmp_path / "state.json"))
-    daemon = Daemon(config, pipe, fleet, control, tmp_path / "state.json")
+    config = DaemonConfig(file="test.yaml", sandboxes=tuple(classes), state=str(tmp_path / "state"))
+    daemon = Daemon(config, pipe, fleet, control, StateDir(tmp_path / "state"))
     daemon.start()
     yield daemon
     control.shutdown()
@@ -281,7 +281,7 @@ def test_state_survives_a_restart_without_double_counting(world, raw, tmp_path):
                   lambda s, a, f: d2.emit(s, a, f))
     pipe.fleet, pipe.rules = fleet, SandboxJudge(AlertOnConnect(), fleet)
     control = ControlServer(str(tmp_path / "control2.sock"), None, 0o600)
-    d2 = Daemon(world.config, pipe, fleet, control, tmp_path / "state.json")
+    d2 = Daemon(world.config, pipe, fleet, control, StateDir(tmp_path / "state"))
     d2.start()
     after = fleet.find("sb-a")
     assert after.agent.id == before.agent.id and after.cgroup_id == before.cgroup_id
