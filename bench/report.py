@@ -181,9 +181,9 @@ def fleet_section(res: dict) -> list[str]:
         L.append(f"{bd['done']}/{bd['pairs']} begin/end pairs on {bd['sandbox']}, one connection, with the "
                  "processes above live. A begin takes effect when the daemon reads it; an end is answered once "
                  "a drain that began after the boundary (plus the ring buffer's reservation skew) is done: "
-                 "the next pass of the daemon's loop, after its control poll has waited out its 10 ms tick, "
-                 "which is most of the end's round trip. The daemon's own time in a begin is mostly the state "
-                 "file it rewrites (every sandbox) at each begin and end. No goal was set for boundaries: "
+                 "while an end is pending the daemon's loop waits only until such a drain can begin "
+                 "(about 2 ms), not its whole 10 ms tick. The daemon's own time in a begin is mostly the "
+                 "sandbox's state file, rewritten at each begin and end. No goal was set for boundaries: "
                  f"the target's {FLEET_BEGIN_MS} ms is this benchmark's."
                  + (f" Errors: {'; '.join(bd['errors'])}" if bd.get("errors") else ""))
     ds = fl.get("daemon_status")
