@@ -27,6 +27,17 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py
 
+# The daemon as a systemd service (scripts/install.sh): config and policy into /etc/agentwatch
+# (an existing one is kept), the unit, /var/log/agentwatch; started when systemd runs.
+# DESTDIR=dir installs below dir instead (no systemctl).
+.PHONY: install uninstall
+install: setup
+	DESTDIR="$(DESTDIR)" bash scripts/install.sh
+
+# Stops, disables and removes the unit; keeps /etc/agentwatch and /var/log/agentwatch.
+uninstall:
+	DESTDIR="$(DESTDIR)" bash scripts/install.sh --uninstall
+
 clean:
 	rm -rf $(VENV) *.egg-info build dist .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
