@@ -9,6 +9,12 @@ A check never raises: an unexpected exception becomes a FAIL row with its
 message, so the report stays readable on a machine where half of it fails.
 BCC is not imported here; the load check goes through `tracer.probes.Probes`,
 which loads and attaches the real agentwatch programs.
+
+The `daemon ...` rows are the prerequisites of `agentwatch daemon`. A host
+without a daemon config (no `make install`) may not need them: there a
+problem that would stop the daemon is a warn; where the daemon is installed
+it is a FAIL. Docker's API and SDK only ever warn (without them sandboxes are
+named from their cgroup paths).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 import re
 import shlex
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,12 +35,15 @@ from typing import Callable, Mapping, TextIO
 
 from tabulate import tabulate
 
-from . import probes
+from . import fleetconfig, probes
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
+# The daemon's raw tracepoints (bpf/cgroup.bpf.c): a record for every v2 cgroup made or removed.
+DAEMON_TRACEPOINTS = [("cgroup", "cgroup_mkdir"), ("cgroup", "cgroup_rmdir")]
+CGROUP_KILL_KERNEL, CGROUP_FREEZE_KERNEL = (5, 14), (5, 2)
 LOCKDOWN_LEVELS = ("none", "integrity", "confidentiality")
 
 
@@ -73,6 +84,9 @@ class Host:
     tracefs: Callable[[], str | None] = probes.tracefs
     tracepoint_fields: Callable[[str, str], set[str] | None] = probes.tracepoint_fields
     load_probes: Callable[[], float] = _load_probes
+    daemon_config: str = fleetconfig.DEFAULT_PATH
+    run_dir: str = "/run/agentwatch"  # the daemon's control socket and state file
+    docker_socket: str = "/var/run/docker.sock"
 
     def uname_r(self) -> str:
         return self.release if self.release is not None else os.uname().release
@@ -154,16 +168,21 @@ def _cmdline(host: Host) -> dict[str, str]:
     return out
 
 
-def _mounts(host: Host) -> list[tuple[str, str]]:
-    """(mount point, fstype) of every line of /proc/mounts."""
+def _mount_table(host: Host) -> list[tuple[str, str, set[str]]]:
+    """(mount point, fstype, options) of every line of /proc/mounts."""
     out = []
     for line in (_read(host.proc_mounts) or "").splitlines():
         parts = line.split()
         if len(parts) >= 3:
             # /proc/mounts escapes blanks in paths as octal (\040)
             point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
-            out.append((point, parts[2]))
+            out.append((point, parts[2], set(parts[3].split(",")) if len(parts) >= 4 else set()))
     return out
+
+
+def _mounts(host: Host) -> list[tuple[str, str]]:
+    """(mount point, fstype) of every line of /proc/mounts."""
+    return [(point, fstype) for point, fstype, _ in _mount_table(host)]
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
@@ -495,6 +514,180 @@ def check_bpftool(host: Host):
         return WARN, f"{found} does not run (`{found} version` failed)", fix
     first = (result.stdout.strip().splitlines() or [f"{found} (version unknown)"])[0]
     return OK, first, ""
+
+
+# ---- the daemon's prerequisites ----------------------------------------------------
+
+
+def _daemon_level(host: Host) -> str:
+    """FAIL where the daemon is installed (its config exists), else WARN: the host may not need it."""
+    return FAIL if os.path.exists(host.daemon_config) else WARN
+
+
+def _cgroup2_options(host: Host, point: str) -> set[str]:
+    """The options of the cgroup2 mount at point (the last such line: the one in force)."""
+    found: set[str] = set()
+    for p, fstype, options in _mount_table(host):
+        if fstype == "cgroup2" and p == point:
+            found = options
+    return found
+
+
+def _interface_file(mount: Path, name: str) -> bool | None:
+    """Whether the kernel gives cgroups this file (cgroup.kill, cgroup.freeze); None: no cgroup to tell by.
+
+    Neither file exists in the root cgroup, so a child of the root is asked.
+    """
+    try:
+        with os.scandir(mount) as it:
+            children = sorted(e.path for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return None
+    if not children:
+        return None
+    return os.path.exists(os.path.join(children[0], name))
+
+
+@check("daemon cgroups")
+def check_daemon_cgroups(host: Host):
+    from .cgroups import find_mount  # noqa: PLC0415
+
+    mount = find_mount(host.proc_mounts)
+    if mount is None:
+        return (_daemon_level(host), f"no cgroup v2 hierarchy in {host.proc_mounts}: the daemon cannot run",
+                "boot with systemd.unified_cgroup_hierarchy=1, or mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified")
+    ro_fix = f"mount -o remount,rw {mount} (in a container: give it the host's cgroup tree read-write)"
+    if "ro" in _cgroup2_options(host, str(mount)):
+        return _daemon_level(host), f"{mount} is mounted read-only: no kill_agent, freeze_agent or moves", ro_fix
+    if not os.access(mount, os.W_OK):
+        if host.uid() != 0:
+            return WARN, f"{mount}: not writable as euid {host.uid()} (the daemon runs as root)", \
+                "run as root: sudo agentwatch doctor"
+        return _daemon_level(host), f"{mount}: not writable: no kill_agent, freeze_agent or moves", ro_fix
+    version = _version(host.uname_r())
+    missing, lines = [], [f"{mount} writable"]
+    for name, kernel, action, fallback in (
+        ("cgroup.kill", CGROUP_KILL_KERNEL, "kill_agent",
+         "kill_agent signals pid by pid (a fork can race it)"),
+        ("cgroup.freeze", CGROUP_FREEZE_KERNEL, "freeze_agent", "freeze_agent fails (action_result failed)"),
+    ):
+        present = _interface_file(mount, name)
+        need = ".".join(map(str, kernel))
+        if present is None:  # a bare hierarchy: the kernel version tells
+            present = version is not None and version >= kernel
+            how = f"kernel {host.uname_r()} {'>=' if present else '<'} {need}"
+        else:
+            how = f"{'present' if present else 'absent'} in the cgroups"
+        if present:
+            lines.append(f"{name} ({action}): {how}")
+        else:
+            missing.append(kernel)
+            lines.append(f"{name} ({action}): {how}: {fallback}")
+    if missing:
+        need = ".".join(map(str, max(missing)))
+        return WARN, "\n".join(lines), f"boot a kernel >= {need} (cgroup.kill 5.14, cgroup.freeze 5.2)"
+    return OK, "\n".join(lines), ""
+
+
+@check("daemon tracepoints")
+def check_daemon_tracepoints(host: Host):
+    root, why, fix = _tracefs(host)
+    if root is None:
+        return _daemon_level(host), "cannot check without tracefs (see the tracefs row)", fix
+    names = [f"{cat}/{event}" for cat, event in DAEMON_TRACEPOINTS]
+    missing = [n for n in names if not Path(root, "events", n, "format").is_file()]
+    if missing:
+        return (_daemon_level(host), f"missing in {root}/events: {', '.join(missing)}: the daemon sees no new "
+                "sandbox", "boot a kernel with CONFIG_TRACEPOINTS=y and CONFIG_CGROUPS=y")
+    return OK, ", ".join(names), ""
+
+
+@check("daemon run dir")
+def check_daemon_run_dir(host: Host):
+    path = Path(host.run_dir)
+    if path.is_dir():
+        if os.access(path, os.W_OK | os.X_OK):
+            return OK, f"{path} writable (control socket, state file)", ""
+        return _daemon_level(host) if host.uid() == 0 else WARN, \
+            f"{path} is not writable as euid {host.uid()}", \
+            "run as root (the daemon does)" if host.uid() != 0 else f"chmod 0755 {path} (systemd's RuntimeDirectory=)"
+    if path.exists() or path.is_symlink():
+        return _daemon_level(host), f"{path} exists and is not a directory", f"remove {path}; the daemon makes it"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return OK, f"{path} absent; {parent} is writable, so the daemon (or systemd) makes it", ""
+    return WARN if host.uid() != 0 else _daemon_level(host), \
+        f"{path} absent, and {parent} is not writable as euid {host.uid()}", \
+        "run as root (the daemon does)" if host.uid() != 0 else f"make {parent} writable for root"
+
+
+@check("daemon Docker API")
+def check_docker_socket(host: Host):
+    path = host.docker_socket
+    fix = "none needed where no sandbox is a Docker container; otherwise start dockerd"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return WARN, f"no {path}: Docker sandboxes are named from their cgroup path only", fix
+    if not stat.S_ISSOCK(mode):
+        return WARN, f"{path} is not a socket: Docker sandboxes are named from their cgroup path only", fix
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        return WARN, f"{path}: {why} (is dockerd running?): sandboxes named from their cgroup path only", \
+            fix if host.uid() == 0 else "run as root: sudo agentwatch doctor"
+    finally:
+        sock.close()
+    return OK, f"{path}: labels, names and images from Docker", ""
+
+
+_DOCKER_PROBE = """\
+import docker
+print(getattr(docker, "__version__", ""))
+print(docker.__file__)
+"""
+
+
+@check("daemon docker SDK")
+def check_docker_sdk(host: Host):
+    fix = "make setup (installs the docker package into agentwatch's venv)"
+    result = _run([host.python, "-c", _DOCKER_PROBE], timeout=60)
+    if result is None:
+        return WARN, f"cannot run {host.python}", fix
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        return WARN, f"`import docker` fails in {host.python}: {lines[-1]}\n" \
+            "(the daemon then names Docker sandboxes from their cgroup path only)", fix
+    out = result.stdout.splitlines() + ["", ""]
+    version, where = out[0].strip() or "version unknown", out[1].strip()
+    return OK, f"{version} ({os.path.dirname(where) or where})", ""
+
+
+@check("daemon config")
+def check_daemon_config(host: Host):
+    path = host.daemon_config
+    if not os.path.exists(path):
+        return WARN, f"no {path}: the daemon is not installed (not needed for run and watch)", "make install"
+    from .rules.loader import load as load_rules  # noqa: PLC0415
+    from .rules.parser import RulesError  # noqa: PLC0415
+
+    fix = f"fix it (agentwatch daemon --config {path} --check), then systemctl reload agentwatch"
+    try:
+        config = fleetconfig.load(path)
+        rules = load_rules(list(config.rules) or None)
+    except fleetconfig.ConfigError as exc:
+        return FAIL, str(exc), fix
+    except RulesError as exc:
+        return FAIL, f"a rules file it names: {exc}", fix
+    n = len(config.sandboxes)
+    return OK, (f"{path}: {n} sandbox {'entry' if n == 1 else 'entries'}, {len(config.policies)} "
+                f"{'policy' if len(config.policies) == 1 else 'policies'}, {len(rules.rules)} rules\n"
+                f"control {config.control.socket}, output {config.output}"), ""
 
 
 # ---- report ---------------------------------------------------------------------

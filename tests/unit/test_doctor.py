@@ -2,15 +2,20 @@
 
 Every path the checks read is a Host field (tracefs through
 tracer.probes.TRACEFS_CANDIDATES, which the real probes.tracefs() and
-probes.tracepoint_fields() read), and the commands they run are small scripts.
+probes.tracepoint_fields() read; the cgroup v2 tree through the mount named in
+Host.proc_mounts), and the commands they run are small scripts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import io
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,7 +57,7 @@ def script(path: Path, body: str) -> str:
 
 def make_tracefs(root: Path, group_dead: bool = True, skip: tuple[str, ...] = ()) -> Path:
     tracing = root / "tracing"
-    for cat, event in probes.TRACEPOINTS:
+    for cat, event in probes.TRACEPOINTS + doctor.DAEMON_TRACEPOINTS:
         if f"{cat}/{event}" in skip:
             continue
         extra = ""
@@ -80,14 +85,62 @@ def make_headers(root: Path, version: str = "6.1.0-56-amd64") -> Path:
     return root / "lib/modules"
 
 
+REPO = Path(__file__).resolve().parents[2]
+# A fake interpreter: `python -c PROBE` answers the docker probe and the bcc probe.
+FAKE_PYTHON = """case "$2" in
+  *"import docker"*) echo 7.1.0; echo /opt/aw/.venv/lib/python3.11/site-packages/docker/__init__.py ;;
+  *) echo 0.26.0; echo /usr/lib/python3/dist-packages/bcc/__init__.py ;;
+esac"""
+
+
+def make_cgroup2(root: Path, kill: bool = True, freeze: bool = True, children: bool = True) -> Path:
+    """A v2 hierarchy's files: the root has neither cgroup.kill nor cgroup.freeze, its children do."""
+    mount = root / "sys/fs/cgroup/unified"
+    mount.mkdir(parents=True)
+    for name in ("cgroup.procs", "cgroup.controllers", "cgroup.subtree_control"):
+        (mount / name).write_text("")
+    if children:
+        for child in ("init.scope", "system.slice"):
+            (mount / child).mkdir()
+            (mount / child / "cgroup.procs").write_text("")
+            if kill:
+                (mount / child / "cgroup.kill").write_text("")
+            if freeze:
+                (mount / child / "cgroup.freeze").write_text("0\n")
+    return mount
+
+
+def daemon_config(path: Path, text: str | None = None) -> str:
+    """The shipped config, its policy read from this repo and its files in path's folder."""
+    if text is None:
+        text = (REPO / "packaging/agentwatch.yaml").read_text().replace(
+            "/etc/agentwatch/policies/rl-sandbox.yaml", str(REPO / "policies/rl-sandbox.yaml"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
 @pytest.fixture
-def machine(tmp_path, monkeypatch):
+def docker_api():
+    """A listening unix socket standing for dockerd (in a short folder: sun_path holds 108 bytes)."""
+    folder = tempfile.mkdtemp(prefix="aw-doctor-")
+    path = os.path.join(folder, "docker.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(8)
+    yield path
+    sock.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch, docker_api):
     """A healthy fake machine like the dev VM: returns a Host for it."""
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/os-release").write_text('NAME="Debian"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n')
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/status").write_text(f"Name:\tpython\nCapEff:\t{ALL_CAPS}\n")
-    (tmp_path / "proc/mounts").write_text(MOUNTS)
+    (tmp_path / "proc/mounts").write_text(MOUNTS.replace("/sys/fs/cgroup/unified", str(make_cgroup2(tmp_path))))
     (tmp_path / "proc/cmdline").write_text("console=ttyS0 quiet\n")
     (tmp_path / "proc/config.gz").write_bytes(gzip.compress(
         b"CONFIG_BPF_SYSCALL=y\n# CONFIG_KPROBES is not set\nCONFIG_BPF_LSM=y\n"
@@ -97,6 +150,7 @@ def machine(tmp_path, monkeypatch):
     (tmp_path / "security/lsm").write_text("lockdown,capability,landlock,bpf")
     (tmp_path / "security/lockdown").write_text("none [integrity] confidentiality\n")
     (tmp_path / "boot").mkdir()
+    (tmp_path / "run").mkdir()  # /run/agentwatch is absent until the daemon runs
     (tmp_path / "vmlinux").write_bytes(b"fake")
     monkeypatch.setattr(probes, "TRACEFS_CANDIDATES", (str(make_tracefs(tmp_path)),))
     # BTF parsing is tested on its own below (and in the btf tests); here it resolves
@@ -115,10 +169,13 @@ def machine(tmp_path, monkeypatch):
         modules_dir=str(make_headers(tmp_path)),
         security_dir=str(tmp_path / "security"),
         btf_path=str(tmp_path / "vmlinux"),
-        python=script(tmp_path / "bin/python", 'echo 0.26.0; echo /usr/lib/python3/dist-packages/bcc/__init__.py'),
+        python=script(tmp_path / "bin/python", FAKE_PYTHON),
         bpftool=script(tmp_path / "bin/bpftool", 'echo "bpftool v7.1.0"; echo "using libbpf v1.1"'),
         dpkg_query=str(tmp_path / "bin/no-dpkg-query"),
         load_probes=lambda: 0.31,
+        daemon_config=daemon_config(tmp_path / "etc/agentwatch/agentwatch.yaml"),
+        run_dir=str(tmp_path / "run/agentwatch"),
+        docker_socket=docker_api,
     )
 
 
@@ -310,7 +367,7 @@ def test_bcc_version_falls_back_to_dpkg(tmp_path):
 
 
 def test_cgroup2_found_not_hard_coded(machine, tmp_path):
-    assert doctor.check_cgroup2(machine).detail == "/sys/fs/cgroup/unified"
+    assert doctor.check_cgroup2(machine).detail == str(tmp_path / "sys/fs/cgroup/unified")
     (tmp_path / "mounts2").write_text("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
     assert doctor.check_cgroup2(Host(proc_mounts=str(tmp_path / "mounts2"))).detail == "/sys/fs/cgroup"
     (tmp_path / "mounts1").write_text("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n")
@@ -380,7 +437,8 @@ def test_report_with_everything_missing_never_raises(tmp_path, monkeypatch):
         release="", euid=1000, environ={},
         **{name: str(nothing / name) for name in (
             "os_release", "proc_status", "proc_mounts", "proc_cmdline", "proc_config", "boot_dir",
-            "modules_dir", "security_dir", "btf_path", "python", "bpftool", "dpkg_query")},
+            "modules_dir", "security_dir", "btf_path", "python", "bpftool", "dpkg_query",
+            "daemon_config", "run_dir", "docker_socket")},
     )
     out = io.StringIO()
     assert doctor.run_checks(out, host) == 1
@@ -407,3 +465,186 @@ def test_report_survives_a_crashing_check(machine, monkeypatch):
     out = io.StringIO()
     assert doctor.run_checks(out, host) == 1
     assert "check crashed: ValueError: bad format file" in out.getvalue()
+
+
+# ---- the daemon's prerequisites ---------------------------------------------------------
+
+
+def test_daemon_rows_on_a_healthy_machine(machine, tmp_path):
+    rows = rows_by_name(machine)
+    mount = tmp_path / "sys/fs/cgroup/unified"
+    row = rows["daemon cgroups"]
+    assert row.status == OK
+    assert row.detail.splitlines() == [
+        f"{mount} writable",
+        "cgroup.kill (kill_agent): present in the cgroups",
+        "cgroup.freeze (freeze_agent): present in the cgroups",
+    ]
+    assert rows["daemon tracepoints"] == Check("daemon tracepoints", OK, "cgroup/cgroup_mkdir, cgroup/cgroup_rmdir")
+    assert rows["daemon run dir"].status == OK and "absent;" in rows["daemon run dir"].detail
+    assert rows["daemon Docker API"].status == OK and "labels, names and images from Docker" in \
+        rows["daemon Docker API"].detail
+    assert rows["daemon docker SDK"].detail == "7.1.0 (/opt/aw/.venv/lib/python3.11/site-packages/docker)"
+    row = rows["daemon config"]
+    assert row.status == OK
+    assert row.detail.startswith(f"{machine.daemon_config}: 3 sandbox entries, 1 policy, ")
+    assert "control /run/agentwatch/control.sock, output /var/log/agentwatch/records.jsonl" in row.detail
+
+
+def without_config(host: Host, tmp_path: Path) -> Host:
+    return dataclasses.replace(host, daemon_config=str(tmp_path / "no-such-config.yaml"))
+
+
+def test_daemon_cgroups_without_a_v2_hierarchy(machine, tmp_path):
+    (tmp_path / "mounts-v1").write_text("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n")
+    host = dataclasses.replace(machine, proc_mounts=str(tmp_path / "mounts-v1"))
+    row = doctor.check_daemon_cgroups(host)
+    assert row.status == FAIL and "the daemon cannot run" in row.detail  # the daemon is installed here
+    assert "systemd.unified_cgroup_hierarchy=1" in row.fix
+    assert doctor.check_daemon_cgroups(without_config(host, tmp_path)).status == WARN  # and here it is not
+
+
+def test_daemon_cgroups_read_only(machine, tmp_path):
+    mount = tmp_path / "sys/fs/cgroup/unified"
+    (tmp_path / "mounts-ro").write_text(f"cgroup2 {mount} cgroup2 ro,nosuid,nodev 0 0\n")
+    host = dataclasses.replace(machine, proc_mounts=str(tmp_path / "mounts-ro"))
+    row = doctor.check_daemon_cgroups(host)
+    assert row.status == FAIL and "read-only" in row.detail
+    assert row.fix.startswith(f"mount -o remount,rw {mount}")
+    assert doctor.check_daemon_cgroups(without_config(host, tmp_path)).status == WARN
+
+
+def test_daemon_cgroups_old_kernel_warns(machine, tmp_path):
+    root = tmp_path / "old"
+    mount = make_cgroup2(root, kill=False)  # 5.2 <= kernel < 5.14: freeze, no kill
+    (root / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw 0 0\n")
+    row = doctor.check_daemon_cgroups(dataclasses.replace(machine, proc_mounts=str(root / "mounts")))
+    assert row.status == WARN  # kill_agent still works, signalling pid by pid
+    assert "cgroup.kill (kill_agent): absent in the cgroups: kill_agent signals pid by pid" in row.detail
+    assert "cgroup.freeze (freeze_agent): present in the cgroups" in row.detail
+    assert row.fix.startswith("boot a kernel >= 5.14")
+
+
+@pytest.mark.parametrize("release, status, kill_ok, freeze_ok", [
+    (RELEASE, OK, True, True), ("5.10.0-30-amd64", WARN, False, True), ("4.19.0", WARN, False, False),
+])
+def test_daemon_cgroups_bare_hierarchy_goes_by_the_kernel(machine, tmp_path, release, status, kill_ok, freeze_ok):
+    root = tmp_path / "bare"
+    mount = make_cgroup2(root, children=False)  # nothing below the root to look at
+    (root / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw 0 0\n")
+    row = doctor.check_daemon_cgroups(dataclasses.replace(machine, proc_mounts=str(root / "mounts"),
+                                                          release=release))
+    assert row.status == status
+    assert (f"kernel {release} >= 5.14" in row.detail) == kill_ok
+    assert (f"kernel {release} >= 5.2" in row.detail) == freeze_ok
+    if not freeze_ok:
+        assert row.fix.startswith("boot a kernel >= 5.14")
+
+
+def test_daemon_tracepoints_missing(machine, tmp_path, monkeypatch):
+    root = make_tracefs(tmp_path / "other", skip=("cgroup/cgroup_rmdir",))
+    monkeypatch.setattr(probes, "TRACEFS_CANDIDATES", (str(root),))
+    row = doctor.check_daemon_tracepoints(machine)
+    assert row.status == FAIL and "cgroup/cgroup_rmdir" in row.detail and "cgroup_mkdir" not in row.detail
+    assert "CONFIG_TRACEPOINTS=y" in row.fix
+    assert doctor.check_daemon_tracepoints(without_config(machine, tmp_path)).status == WARN
+    assert doctor.check_tracepoints(machine).status == OK  # `run` does not need them
+
+
+def test_daemon_tracepoints_without_tracefs(machine, tmp_path, monkeypatch):
+    monkeypatch.setattr(probes, "TRACEFS_CANDIDATES", (str(tmp_path / "nothing"),))
+    host = without_config(dataclasses.replace(machine, proc_mounts=str(tmp_path / "nothing")), tmp_path)
+    row = doctor.check_daemon_tracepoints(host)
+    assert row.status == WARN and row.fix == "mount -t tracefs tracefs /sys/kernel/tracing"
+
+
+def test_daemon_run_dir(machine, tmp_path):
+    run = Path(machine.run_dir)
+    assert doctor.check_daemon_run_dir(machine).detail == \
+        f"{run} absent; {run.parent} is writable, so the daemon (or systemd) makes it"
+    deep = dataclasses.replace(machine, run_dir=str(tmp_path / "a/b/agentwatch"))  # the nearest that exists
+    assert doctor.check_daemon_run_dir(deep).detail.endswith(f"; {tmp_path} is writable, so the daemon "
+                                                               "(or systemd) makes it")
+    run.mkdir(parents=True)
+    assert doctor.check_daemon_run_dir(machine) == Check(
+        "daemon run dir", OK, f"{run} writable (control socket, state file)")
+
+
+def test_daemon_run_dir_that_is_a_file(machine, tmp_path):
+    Path(machine.run_dir).write_text("")
+    row = doctor.check_daemon_run_dir(machine)
+    assert row.status == FAIL and "is not a directory" in row.detail
+    assert doctor.check_daemon_run_dir(without_config(machine, tmp_path)).status == WARN
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any mode bits")
+def test_daemon_run_dir_not_writable_as_a_user(machine, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        host = dataclasses.replace(machine, euid=os.geteuid(), run_dir=str(locked / "agentwatch"))
+        row = doctor.check_daemon_run_dir(host)
+        assert row.status == WARN and "not writable as euid" in row.detail and row.fix.startswith("run as root")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_docker_api_absent_or_not_answering_only_warns(machine, tmp_path):
+    row = doctor.check_docker_socket(dataclasses.replace(machine, docker_socket=str(tmp_path / "no.sock")))
+    assert row.status == WARN and "named from their cgroup path only" in row.detail
+    assert row.fix.startswith("none needed where no sandbox is a Docker container")
+
+    (tmp_path / "file.sock").write_text("")
+    row = doctor.check_docker_socket(dataclasses.replace(machine, docker_socket=str(tmp_path / "file.sock")))
+    assert row.status == WARN and "is not a socket" in row.detail
+
+    folder = tempfile.mkdtemp(prefix="aw-doctor-")
+    try:
+        stale = os.path.join(folder, "docker.sock")  # left by a dockerd that died: nobody listens
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(stale)
+        s.close()
+        row = doctor.check_docker_socket(dataclasses.replace(machine, docker_socket=stale))
+        assert row.status == WARN and "is dockerd running?" in row.detail
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_docker_sdk_missing_warns(machine, tmp_path):
+    broken = script(tmp_path / "bin/nodocker", "echo \"ModuleNotFoundError: No module named 'docker'\" >&2; exit 1")
+    row = doctor.check_docker_sdk(dataclasses.replace(machine, python=broken))
+    assert row.status == WARN and "No module named 'docker'" in row.detail
+    assert "cgroup path only" in row.detail and row.fix.startswith("make setup")
+    assert doctor.check_docker_sdk(dataclasses.replace(machine, python=str(tmp_path / "no-python"))).status == WARN
+
+
+@pytest.mark.skipif(importlib.util.find_spec("docker") is None, reason="the docker package is not installed here")
+def test_docker_sdk_of_this_interpreter():
+    row = doctor.check_docker_sdk(Host())
+    assert row.status == OK and "docker" in row.detail
+
+
+def test_daemon_config_absent_warns_with_make_install(machine, tmp_path):
+    row = doctor.check_daemon_config(without_config(machine, tmp_path))
+    assert row.status == WARN and "the daemon is not installed" in row.detail
+    assert row.fix == "make install"
+
+
+def test_daemon_config_that_does_not_parse_fails(machine, tmp_path):
+    bad = daemon_config(tmp_path / "bad.yaml", "sandboxes:\n  - match: [docker/*]\n    on_alert: explode\n")
+    row = doctor.check_daemon_config(dataclasses.replace(machine, daemon_config=bad))
+    assert row.status == FAIL
+    assert row.detail.startswith(f"{bad}:3: sandboxes[0].on_alert: 'explode' is not one of rule, report")
+    assert row.fix == f"fix it (agentwatch daemon --config {bad} --check), then systemctl reload agentwatch"
+
+    gone = daemon_config(tmp_path / "gone.yaml", "sandboxes:\n  - match: [docker/*]\n    policy: nowhere.yaml\n")
+    row = doctor.check_daemon_config(dataclasses.replace(machine, daemon_config=gone))
+    assert row.status == FAIL and row.detail.startswith(f"{gone}:3: sandboxes[0].policy: ")
+
+
+def test_daemon_config_with_a_bad_rules_file_fails(machine, tmp_path):
+    (tmp_path / "rules.yaml").write_text("- rule: broken\n  condition: proc.name = \n")
+    cfg = daemon_config(tmp_path / "cfg.yaml", "rules: [rules.yaml]\nsandboxes:\n  - match: [docker/*]\n")
+    row = doctor.check_daemon_config(dataclasses.replace(machine, daemon_config=cfg))
+    assert row.status == FAIL and row.detail.startswith("a rules file it names: ")
+    assert str(tmp_path / "rules.yaml") in row.detail
