@@ -464,6 +464,23 @@ def install_reload(daemon: Daemon) -> None:
 
 
 
+def notify_ready() -> None:
+    """sd_notify(READY=1) for systemd's Type=notify: one datagram to $NOTIFY_SOCKET, if it is set."""
+    import socket  # noqa: PLC0415
+
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(b"READY=1\nSTATUS=watching\n")
+    except OSError as exc:
+        print(f"agentwatch daemon: cannot notify systemd at {path!r}: {exc.strerror}", file=sys.stderr)
+
+
 class DaemonSetupError(RuntimeError):
     """The daemon cannot start; one line saying why."""
 
@@ -549,6 +566,7 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
         stack.callback(stop.restore)
         install_reload(daemon)
         daemon.start()
+        notify_ready()
         print(f"agentwatch daemon: watching {len(fleet.sandboxes)} sandboxes "
               f"(armed in {probes.armed_seconds:.2f} s), control socket {control.path}", file=sys.stderr)
         daemon.run(stop, duration)

@@ -267,7 +267,10 @@ def test_per_sandbox_actions_and_policies(net, pool, sshd, daemons, fleet_slice)
         assert (a["action"], a["action_result"]) == ("freeze_agent", "frozen")
         assert sandbox_of(a) == "freeze-1" and episode_of(a) == "f1"
         assert (fleet_slice / "freeze-1" / "cgroup.freeze").read_text().strip() == "1"
-        assert "frozen 1" in (fleet_slice / "freeze-1" / "cgroup.events").read_text()
+        deadline = time.monotonic() + 5  # freezing completes asynchronously (cgroup.events says when)
+        while "frozen 1" not in (fleet_slice / "freeze-1" / "cgroup.events").read_text():
+            assert time.monotonic() < deadline, "the sandbox did not reach frozen"
+            time.sleep(0.02)
         assert a["process"]["pid"] in cgroups.procs_recursive(fleet_slice / "freeze-1")  # stopped, not killed
     finally:
         (fleet_slice / "freeze-1" / "cgroup.freeze").write_text("0\n")

@@ -296,3 +296,18 @@ def test_state_survives_a_restart_without_double_counting(world, raw, tmp_path):
 def test_a_second_daemon_cannot_take_a_live_socket(world, tmp_path):
     with pytest.raises(ControlError, match="another agentwatch daemon"):
         ControlServer(str(tmp_path / "control.sock"))
+
+
+def test_ready_is_told_to_systemd_through_notify_socket(tmp_path, monkeypatch):
+    from tracer.daemon import notify_ready
+
+    path = tmp_path / "notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    notify_ready()
+    assert s.recv(100).split(b"\n")[0] == b"READY=1"
+    s.close()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    notify_ready()  # not under systemd: nothing to do, nothing raised

@@ -154,7 +154,7 @@ def test_shipped_config_parses_with_the_repo_policy(tmp_path):
     # no control group: one that does not exist on the host makes the config fail
     assert config.control.group is None and config.control.socket == fleetconfig.DEFAULT_SOCKET
     assert config.output == "/var/log/agentwatch/records.jsonl"  # the unit's LogsDirectory=
-    assert config.state == "/run/agentwatch/state.json"  # the unit's RuntimeDirectory=
+    assert config.state == "/run/agentwatch/state"  # the unit's RuntimeDirectory=
     assert config.rules == ()  # agentwatch's own rules/
 
 
@@ -369,7 +369,7 @@ def test_unit_service_lifecycle():
     assert values(text, "ExecReload") == ["@AGENTWATCH@ daemon --config /etc/agentwatch/agentwatch.yaml --check",
                                           "/bin/kill -HUP $MAINPID"]
     assert all(line.startswith(("@AGENTWATCH@ ", "/bin/kill ")) for line in exec_lines)
-    for key, value in (("Type", "exec"), ("Restart", "on-failure"), ("KillSignal", "SIGTERM"),
+    for key, value in (("Type", "notify"), ("NotifyAccess", "main"), ("Restart", "on-failure"), ("KillSignal", "SIGTERM"),
                        ("OOMScoreAdjust", "-900"), ("RestartPreventExitStatus", "2"),
                        ("LimitMEMLOCK", "infinity")):
         assert values(text, key) == [value], key
