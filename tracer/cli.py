@@ -100,6 +100,26 @@ def _scope_config(internal: tuple[str, ...], allow: tuple[str, ...]):
         fail(f"--internal-cidr / --allow-dest: {exc}")
 
 
+def _alert_rate(text: str | None):
+    from .ratelimit import RateError, parse_rate  # noqa: PLC0415
+
+    if text is None:
+        return None
+    try:
+        return parse_rate(text)
+    except RateError as exc:
+        fail(f"--alert-rate {exc}")
+
+
+def delivery_options(fn):
+    """Alert storms held back, and Prometheus metrics."""
+    fn = click.option("--metrics", "metrics_addr", metavar="ADDR:PORT", default=None,
+                      help="Serve Prometheus metrics on ADDR:PORT (e.g. 127.0.0.1:9464).")(fn)
+    return click.option("--alert-rate", "alert_rate", metavar="N/SECONDS", default=None,
+                        help="Deliver at most N alerts per rule and agent in SECONDS (the rest are counted in an "
+                             "alerts_suppressed record; a rule's rate_limit wins); default: no limit.")(fn)
+
+
 def network_options(fn):
     """Site knowledge for destination scope: extra internal networks, expected destinations."""
     fn = click.option("--allow-dest", "allow_dests", multiple=True, metavar="CIDR",
@@ -111,7 +131,7 @@ def network_options(fn):
 @contextmanager
 def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int,
              rules_paths: tuple[str, ...] = (), show_events: bool = True, contain: _Contain | None = None,
-             dry_run: bool = False, scope_config=None):
+             dry_run: bool = False, scope_config=None, alert_rate=None, metrics_addr: str | None = None):
     """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
     and a stop flag for SIGINT/SIGTERM; everything undone on the way out.
 
@@ -125,9 +145,12 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     from .netscope import ScopeClassifier  # noqa: PLC0415
     from .session import Pipeline, StopFlag, default_actor  # noqa: PLC0415
 
-    engine = Engine(_load_rules(rules_paths).rules)  # before the BPF compile: a bad rule fails fast
+    ruleset = _load_rules(rules_paths)
+    engine = Engine(ruleset.rules)  # before the BPF compile: a bad rule fails fast
     with ExitStack() as stack:
         writer = _writer(stack, fmt, output)
+        metrics = _metrics(stack, metrics_addr)
+        writer = _rate_limited(stack, writer, ruleset, alert_rate, metrics)
         cgroup = None
         if contain is not None:
             try:
@@ -155,7 +178,9 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
         monitor = GpuMonitor(probes)
         if not monitor.nvml.available and nvidia_present():
             click.echo(f"agentwatch: notice: no per-process GPU utilisation: {monitor.nvml.reason}", err=True)
-        pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor)
+        pipeline = Pipeline(probes, writer, rules=engine, show_events=show_events, gpu=monitor, metrics=metrics)
+        if metrics is not None:
+            metrics.agents_from(lambda: sum(1 for _ in pipeline.agents))
         if scope_config is not None:
             pipeline.scope = ScopeClassifier(scope_config)
         pipeline.actor = default_actor(pipeline, dry_run=dry_run)
@@ -183,6 +208,34 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(141)
+
+
+def _metrics(stack: ExitStack, address: str | None):
+    """Metrics served on address, or None."""
+    if address is None:
+        return None
+    from .metrics import Metrics, MetricsError  # noqa: PLC0415
+
+    metrics = Metrics()
+    try:
+        metrics.serve(address)
+    except MetricsError as exc:
+        fail(f"--metrics {exc}")
+    except OSError as exc:
+        fail(f"--metrics {address}: {exc.strerror}")
+    stack.callback(metrics.close)
+    return metrics
+
+
+def _rate_limited(stack: ExitStack, writer, ruleset, rate, metrics, live: bool = True):
+    """The writer behind an alert rate limit when one is asked for (or a rule has its own)."""
+    if rate is None and not any(r.rate_limit for r in ruleset.rules):
+        return writer
+    from .ratelimit import AlertRateLimit  # noqa: PLC0415
+
+    limiter = AlertRateLimit.for_rules(writer, ruleset.rules, rate, live=live, metrics=metrics)
+    stack.callback(limiter.finish)  # the last summaries, before the output is closed
+    return limiter
 
 
 format_option = click.option(
@@ -224,10 +277,11 @@ def main() -> None:
               help="Report rule actions and policy denials without acting (no kill, no deny).")
 @click.option("--kill-on-exit", is_flag=True, help="SIGKILL the agent's processes that outlive its root.")
 @network_options
+@delivery_options
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain, policy_path, dry_run,
-        kill_on_exit, internal_cidrs, allow_dests, ebpf, command):
+        kill_on_exit, internal_cidrs, allow_dests, alert_rate, metrics_addr, ebpf, command):
     """Run COMMAND as an agent and report what its process tree does."""
     if ebpf:
         click.echo(program_text())
@@ -243,7 +297,9 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
     label_map = _labels(labels)
     spec = _Contain(_load_policy(policy_path), dry_run=dry_run) if contain else None
     scope = _scope_config(internal_cidrs, allow_dests)
-    with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run, scope) as (pipeline, stop):
+    rate = _alert_rate(alert_rate)
+    with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run, scope, rate,
+                  metrics_addr) as (pipeline, stop):
         try:
             code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop,
                              kill_on_exit=kill_on_exit)
@@ -273,8 +329,9 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
 @events_option
 @ringbuf_option
 @network_options
+@delivery_options
 def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, fmt, output, rules_paths, events,
-          ringbuf_pages, internal_cidrs, allow_dests):
+          ringbuf_pages, internal_cidrs, allow_dests, alert_rate, metrics_addr):
     """Trace existing processes and their descendants, a cgroup, or the whole host."""
     if sum(map(bool, (pids, host_wide, cgroup_path))) != 1:
         fail("watch needs one of --pid PID (repeatable), --cgroup PATH or --all")
@@ -292,7 +349,9 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
     if cgroup_path:
         spec = _Contain(_load_policy(policy_path) if policy_path else None, cgroup=cgroup_path, dry_run=dry_run)
     scope = _scope_config(internal_cidrs, allow_dests)
-    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run, scope) as (pipeline, stop):
+    rate = _alert_rate(alert_rate)
+    with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run, scope, rate,
+                  metrics_addr) as (pipeline, stop):
         try:
             code = watch_loop(pipeline, list(pids), label_map, duration, stop)
         except ProbeError as exc:
@@ -307,7 +366,9 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
 @events_option
 @format_option
 @output_option
-def replay(file, rules_paths, events, fmt, output):
+@click.option("--alert-rate", "alert_rate", metavar="N/SECONDS", default=None,
+              help="As for run: at most N alerts per rule and agent in SECONDS of record time.")
+def replay(file, rules_paths, events, fmt, output, alert_rate):
     """Run the rules over recorded JSON lines (FILE, or - for stdin) and print the alerts.
 
     Record with `agentwatch run --events -o FILE ...`. Time comes from the
@@ -315,7 +376,9 @@ def replay(file, rules_paths, events, fmt, output):
     """
     from .replay import ReplayError, replay as replay_records  # noqa: PLC0415
 
-    engine = Engine(_load_rules(rules_paths).rules)
+    rate = _alert_rate(alert_rate)
+    ruleset = _load_rules(rules_paths)
+    engine = Engine(ruleset.rules)
     with ExitStack() as stack:
         if file == "-":
             stream = sys.stdin.buffer
@@ -324,7 +387,7 @@ def replay(file, rules_paths, events, fmt, output):
                 stream = stack.enter_context(open(file, "rb"))
             except OSError as exc:
                 fail(f"cannot open {file}: {exc.strerror}")
-        writer = _writer(stack, fmt, output)
+        writer = _rate_limited(stack, _writer(stack, fmt, output), ruleset, rate, None, live=False)
         try:
             replay_records(stream, file, engine, writer, events)
         except ReplayError as exc:
@@ -442,7 +505,8 @@ def _load_daemon_config(path: str):
 def daemon(config_path, check, duration, ringbuf_pages):
     """Watch every sandbox (cgroup) of this host as its own agent, with episodes and a control socket."""
     config = _load_daemon_config(config_path)
-    engine = Engine(_load_rules(config.rules).rules)
+    ruleset = _load_rules(config.rules)
+    engine = Engine(ruleset.rules)
     if check:
         click.echo(f"ok: {config.file}: {len(config.sandboxes)} sandbox patterns, {len(config.policies)} policies, "
                    f"{len(engine.rules)} rules enabled")
@@ -450,7 +514,7 @@ def daemon(config_path, check, duration, ringbuf_pages):
     from .daemon import DaemonSetupError, serve  # noqa: PLC0415
 
     try:
-        code = serve(config, engine, ringbuf_pages, _protected, duration)
+        code = serve(config, engine, ringbuf_pages, _protected, duration, ruleset.rules)
     except DaemonSetupError as exc:
         fail(str(exc))
     except BrokenPipeError:

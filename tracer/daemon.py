@@ -485,7 +485,8 @@ class DaemonSetupError(RuntimeError):
     """The daemon cannot start; one line saying why."""
 
 
-def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration: float | None = None) -> int:
+def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration: float | None = None,
+          rules=()) -> int:
     """Load everything the config asks for, adopt the sandboxes, and run until SIGTERM/SIGINT.
 
     Order matters: the control socket first (a second daemon fails before
@@ -536,8 +537,25 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
         except ProbeError as exc:
             raise DaemonSetupError(f"{exc} (run `agentwatch doctor` for details)") from None
         probes.protect(protected())
-        fanout = AlertFanout(JsonLinesWriter(stream), control)
-        pipeline = Pipeline(probes, fanout, show_events=config.events, gpu=GpuMonitor(probes))
+        metrics = None
+        if config.metrics is not None:
+            from .metrics import Metrics  # noqa: PLC0415
+
+            metrics = Metrics()
+            try:
+                metrics.serve(config.metrics)
+            except OSError as exc:
+                raise DaemonSetupError(f"{config.file}: metrics {config.metrics}: {exc.strerror}") from None
+            stack.callback(metrics.close)
+        output = JsonLinesWriter(stream)
+        if config.alert_rate is not None or any(r.rate_limit for r in rules):
+            from .ratelimit import AlertRateLimit  # noqa: PLC0415
+
+            output = AlertRateLimit.for_rules(output, rules, config.alert_rate, metrics=metrics)
+            stack.callback(output.finish)
+        # Subscribers (the harness) get every alert; the rate limit is on the output (the SIEM).
+        fanout = AlertFanout(output, control)
+        pipeline = Pipeline(probes, fanout, show_events=config.events, gpu=GpuMonitor(probes), metrics=metrics)
         try:
             pipeline.scope = ScopeClassifier(ScopeConfig(internal=config.internal_cidrs,
                                                          allowlist=config.allow_dests))
@@ -554,6 +572,8 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
         fleet = Fleet(probes, pipeline.agents, pipeline.table, list(config.sandboxes), mount, emit, runtime,
                       policies, dict(config.policies))
         pipeline.fleet = fleet
+        if metrics is not None:
+            metrics.agents_from(lambda: len(fleet.sandboxes))
         pipeline.containment = SandboxPolicies(fleet)
         pipeline.rules = SandboxJudge(engine, fleet)
         pipeline.actor = SandboxActor(members=probes.members, agent_cgroup=fleet.cgroup_of_agent,

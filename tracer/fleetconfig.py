@@ -11,6 +11,8 @@
     docker_socket: /var/run/docker.sock
     internal_cidrs: []
     allow_dests: []
+    alert_rate: 20/60              # at most 20 alerts per rule and sandbox a minute into the output; "off"
+    metrics: 127.0.0.1:9464        # Prometheus metrics (default: none)
     sandboxes:
       - match: [system.slice/docker-*.scope, docker/*]
         runtime: docker
@@ -40,7 +42,7 @@ DEFAULT_STATE = "/run/agentwatch/state"
 ON_ALERT = ("rule", "report", "kill_process", "kill_agent", "freeze_agent")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _TOP = ("control", "output", "events", "rules", "state", "docker_socket", "internal_cidrs", "allow_dests",
-        "sandboxes", "max_sandboxes")
+        "sandboxes", "max_sandboxes", "alert_rate", "metrics")
 _CONTROL = ("socket", "group", "mode")
 _SANDBOX = ("match", "runtime", "policy", "on_alert", "min_severity", "labels", "dry_run")
 
@@ -71,6 +73,8 @@ class DaemonConfig:
     allow_dests: tuple[str, ...] = ()
     max_sandboxes: int = 4096
     policies: dict = field(default_factory=dict)  # policy file -> tracer.policy.Policy
+    alert_rate: tuple[int, float] | None = (20, 60.0)  # per rule and sandbox, into the output (tracer/ratelimit.py)
+    metrics: str | None = None                          # ADDR:PORT for Prometheus
 
 
 class _Doc:
@@ -215,6 +219,22 @@ def parse(text: str, file: str, base: Path | None = None) -> DaemonConfig:
         classes.append(SandboxClass(tuple(patterns), runtime, policy, on_alert, severity,
                                     {k: str(v) for k, v in labels.items()}, d.flag(item, "dry_run", where), line))
 
+    alert_rate = (20, 60.0)
+    if "alert_rate" in doc:
+        from .ratelimit import RateError, parse_rate  # noqa: PLC0415
+
+        try:
+            alert_rate = parse_rate(str(doc["alert_rate"]))
+        except RateError as exc:
+            d.fail(d.line(doc, "alert_rate"), "alert_rate", str(exc))
+    metrics = d.text(doc, "metrics", "")
+    if metrics is not None:
+        from .metrics import MetricsError, parse_address  # noqa: PLC0415
+
+        try:
+            parse_address(metrics)
+        except MetricsError as exc:
+            d.fail(d.line(doc, "metrics"), "metrics", str(exc))
     rules = tuple(str((base / r).resolve()) if not Path(r).is_absolute() else r for r in d.texts(doc, "rules", ""))
     output = d.text(doc, "output", "", "-")
     return DaemonConfig(
@@ -222,7 +242,7 @@ def parse(text: str, file: str, base: Path | None = None) -> DaemonConfig:
         events=d.flag(doc, "events", ""), rules=rules, state=d.text(doc, "state", "", DEFAULT_STATE),
         docker_socket=d.text(doc, "docker_socket", "", "/var/run/docker.sock"),
         internal_cidrs=d.texts(doc, "internal_cidrs", ""), allow_dests=d.texts(doc, "allow_dests", ""),
-        max_sandboxes=max_sandboxes, policies=policies,
+        max_sandboxes=max_sandboxes, policies=policies, alert_rate=alert_rate, metrics=metrics,
     )
 
 

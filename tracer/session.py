@@ -66,6 +66,7 @@ class Pipeline:
     containment: Containment | None = None  # the agent's cgroup and egress policy (run --contain, watch --cgroup)
     received: int = 0
     fleet: "FleetHooks | None" = None  # the daemon's sandboxes (tracer/daemon.py); None for run and watch
+    metrics: "object | None" = None  # tracer.metrics.Metrics (--metrics); None: no counting
     # Stop signals a watched process sent to agentwatch (tamper records): such a stop is ignored.
     stop_signals_from_agents: list[int] = field(default_factory=list)
     _lost_seen: dict[str, int] = field(default_factory=dict)
@@ -193,12 +194,17 @@ class Pipeline:
         An alert's action (kill_process, kill_agent) is carried out before
         the alert is written, and the alert records what was done.
         """
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.observe(record)
         if self.show_events or always:
             self.writer.write(record)
         if self.rules is not None:
             for alert in self.rules.evaluate(record):
                 if self.actor is not None and alert.get("action", "none") != "none":
                     self.actor.act(alert)
+                if metrics is not None:
+                    metrics.observe(alert)
                 self.writer.write(alert)
 
     def drain(self, timeout_ms: int = POLL_MS) -> int:
@@ -210,11 +216,15 @@ class Pipeline:
             batch = self._with_denials(batch, cut)
         for raw in batch:
             self.handle(raw)
+        if self.metrics is not None:
+            self.metrics.drained(len(batch), events.ktime_of(batch[-1]) if batch else None)
         now = time.monotonic()
         if now - self._lost_checked >= LOST_CHECK_SECONDS:
             self.report_lost()
             self.report_gpu()
             self._lost_checked = now
+            if not batch:
+                self.writer.flush()  # a writer may hold something back for a while (rate-limit summaries)
         if batch:
             self.writer.flush()
         return len(batch)
@@ -261,6 +271,8 @@ class Pipeline:
         """A lost event for whatever the kernel failed to hand over since the last check."""
         total = self.probes.lost_counts()
         delta = {k: v - self._lost_seen.get(k, 0) for k, v in total.items()}
+        if self.metrics is not None:
+            self.metrics.lost_delta(delta)
         if any(delta.values()):
             record = lost_record(self.clock, delta, total)
             self.writer.write(record)  # always shown, --events or not: losses are never silent

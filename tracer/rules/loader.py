@@ -31,7 +31,7 @@ RULE_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*$")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
 RULE_KEYS = ("rule", "title", "description", "severity", "tags", "events", "condition", "output", "enabled",
-             "exceptions", "examples", "action", "sequence", "threshold", "override")
+             "exceptions", "examples", "action", "sequence", "threshold", "override", "rate_limit")
 LIST_KEYS = ("list", "items", "append")
 MACRO_KEYS = ("macro", "condition", "append")
 EXCEPTION_KEYS = ("name", "fields", "comps", "values")
@@ -41,7 +41,7 @@ THRESHOLD_KEYS = ("by", "within", "count", "distinct")
 EXAMPLE_KEYS = ("match", "no_match")
 OVERRIDE_APPEND = ("condition", "exceptions", "tags")
 OVERRIDE_REPLACE = ("condition", "exceptions", "tags", "enabled", "severity", "output", "title", "description",
-                    "action", "events")
+                    "action", "events", "rate_limit")
 EXCEPTION_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "contains", "icontains", "startswith", "endswith", "glob",
                  "regex", "cidr")
 
@@ -118,6 +118,9 @@ class Rule:
     where: Where
     match: Predicate | None = None  # condition and not exceptions (single-event and threshold rules)
     guard: tuple[str, frozenset] | None = None
+    # Alerts delivered per (rule, agent): None, the session's default; False, never limited;
+    # (count, seconds), this rule's own (tracer/ratelimit.py).
+    rate_limit: tuple[int, float] | bool | None = None
 
     @property
     def kind(self) -> str:
@@ -356,7 +359,21 @@ class _Loader:
         )
         rule.exceptions = self._exceptions(item, owner)
         rule.examples = self._examples(item, owner, rule)
+        rule.rate_limit = self._rate_limit(item, owner)
         return rule
+
+    def _rate_limit(self, item: YMap, owner: str):
+        if "rate_limit" not in item:
+            return None
+        v = item["rate_limit"]
+        if v is False:
+            return False
+        if isinstance(v, dict) and set(v) == {"count", "per"}:
+            count, per = v["count"], v["per"]
+            if isinstance(count, int) and not isinstance(count, bool) and count >= 1 and \
+                    isinstance(per, (int, float)) and not isinstance(per, bool) and per > 0:
+                return (count, float(per))
+        self._fail(item, owner, "rate_limit: off, or {count: N, per: SECONDS} (N >= 1, SECONDS > 0)", "rate_limit")
 
     def _text(self, item: YMap, key: str, owner: str, default):
         v = item.get(key, default)
@@ -614,6 +631,8 @@ class _Loader:
                 rule.severity = self._severity(item, owner)
             elif key == "action":
                 rule.action = self._action(item, owner)
+            elif key == "rate_limit":
+                rule.rate_limit = self._rate_limit(item, owner)
             elif key == "events":
                 if rule.sequence is not None:
                     self._fail(item, owner, "events: a sequence's events are in its steps", "events")
