@@ -148,12 +148,28 @@ class RuleSet:
 # Paths.
 
 
+_SIGMA_KEYS = (re.compile(r"(?m)^logsource\s*:"), re.compile(r"(?m)^detection\s*:"))
+
+
+def looks_like_sigma(text: str) -> bool:
+    """A Sigma rule file: a YAML document with top-level `logsource` and `detection` keys (rules files are lists)."""
+    return all(k.search(text) for k in _SIGMA_KEYS)
+
+
+def _sigma_file(path: Path) -> bool:
+    try:
+        return looks_like_sigma(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return True  # load() says why it cannot be read
+
+
 def rule_files(paths: list[str | Path]) -> list[Path]:
+    """A directory gives its *.yaml files and its Sigma *.yml files, in sorted order (not its subdirectories)."""
     out: list[Path] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(sorted(path.glob("*.yaml")))
+            out.extend(sorted([*path.glob("*.yaml"), *(f for f in path.glob("*.yml") if _sigma_file(f))]))
         elif path.is_file():
             out.append(path)
         else:
@@ -161,19 +177,43 @@ def rule_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def load(paths: list[str | Path] | None = None, check_examples: bool = True) -> RuleSet:
-    """Load, check and compile rules; with check_examples, every example must hold."""
+def load(paths: list[str | Path] | None = None, check_examples: bool = True,
+         sigma_refusal: Callable[[str], None] | None = None) -> RuleSet:
+    """Load, check and compile rules; with check_examples, every example must hold.
+
+    A Sigma rule file (looks_like_sigma) is converted on the fly (tracer/rules/sigma.py). A Sigma
+    rule that cannot be converted is a RulesError (`file:line: sigma rule 'Title': why`), unless
+    sigma_refusal is given: then that line is passed to it and the rule is skipped.
+    """
     if paths is None:
         paths = [default_rules_dir()] if default_rules_dir().is_dir() else []
     files = rule_files(paths)
     loader = _Loader()
+    sigma_ids: set[str] = set()
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RulesError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        if path.suffix in (".yml", ".yaml") and looks_like_sigma(text):
+            text = _from_sigma(text, str(path), sigma_refusal, sigma_ids)
         loader.load_text(text, str(path))
     return _finish(loader, check_examples)
+
+
+def _from_sigma(text: str, file: str, refusal: Callable[[str], None] | None, used: set[str]) -> str:
+    """A Sigma file's rules as rules-file text; each refusal raises, or goes to `refusal` and is skipped."""
+    try:
+        from . import sigma  # noqa: PLC0415  (pySigma is loaded only when a Sigma file is)
+    except ImportError as exc:
+        raise RulesError(f"{file}: a Sigma rule file, and pySigma cannot be loaded ({exc}); "
+                         "pip install pysigma") from None
+    converted = sigma.convert_text(text, file, used)
+    for r in converted.refusals:
+        if refusal is None:
+            raise RulesError(str(r))
+        refusal(str(r))
+    return converted.yaml
 
 
 def load_text(text: str, file: str = "<rules>", check_examples: bool = True) -> RuleSet:
