@@ -100,6 +100,8 @@ def load_document(text: str, file: str) -> tuple[object, int]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "nesting depth" in problem:
+            problem = "nests too deep"  # PyYAML >= 6.0.3 stops there itself; older ones recurse until we do
         raise RulesError(f"{file}:{line}: YAML: {problem}") from None
     if root is None:
         return None, 1
