@@ -59,7 +59,10 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
         fail(str(exc))
 
 
-def _writer(stack: ExitStack, fmt: str | None, output: str | None):
+def _writer(stack: ExitStack, fmt: str | None, output: str | None, sinks: tuple[str, ...] = (), metrics=None):
+    """The main stream (stdout or --output) in fmt, and every --sink beside it (tracer/delivery.py)."""
+    from .delivery import DeliveryError, build_writer, default_host  # noqa: PLC0415
+
     if output:
         try:
             stream = stack.enter_context(open(output, "ab"))
@@ -69,7 +72,11 @@ def _writer(stack: ExitStack, fmt: str | None, output: str | None):
         stream = sys.stdout.buffer
     if fmt is None:
         fmt = "table" if stream.isatty() else "json"
-    return TableWriter(stream) if fmt == "table" else JsonLinesWriter(stream)
+    try:
+        return build_writer(stack, stream, fmt, sinks, host=default_host(fmt), metrics=metrics,
+                            report=lambda line: click.echo(f"agentwatch: {line}", err=True))
+    except DeliveryError as exc:
+        fail(str(exc))  # names the spec
 
 
 @dataclass
@@ -131,7 +138,8 @@ def network_options(fn):
 @contextmanager
 def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages: int,
              rules_paths: tuple[str, ...] = (), show_events: bool = True, contain: _Contain | None = None,
-             dry_run: bool = False, scope_config=None, alert_rate=None, metrics_addr: str | None = None):
+             dry_run: bool = False, scope_config=None, alert_rate=None, metrics_addr: str | None = None,
+             sinks: tuple[str, ...] = ()):
     """Rules, writer, loaded probes, a pipeline over a process table seeded from /proc,
     and a stop flag for SIGINT/SIGTERM; everything undone on the way out.
 
@@ -148,8 +156,8 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     ruleset = _load_rules(rules_paths)
     engine = Engine(ruleset.rules)  # before the BPF compile: a bad rule fails fast
     with ExitStack() as stack:
-        writer = _writer(stack, fmt, output)
         metrics = _metrics(stack, metrics_addr)
+        writer = _writer(stack, fmt, output, sinks, metrics)
         writer = _rate_limited(stack, writer, ruleset, alert_rate, metrics)
         cgroup = None
         if contain is not None:
@@ -239,8 +247,15 @@ def _rate_limited(stack: ExitStack, writer, ruleset, rate, metrics, live: bool =
 
 
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(["json", "table"]), default=None,
-    help="json lines (default when stdout is not a terminal) or a live table.",
+    "--format", "fmt", type=click.Choice(["json", "table", "ecs", "ocsf"]), default=None,
+    help="json lines (default when stdout is not a terminal), a live table, or JSON lines as Elastic Common "
+         "Schema 8.17 (ecs) or OCSF 1.8.0 (ocsf) documents; sinks get the same format (table: json).",
+)
+sink_option = click.option(
+    "--sink", "sinks", multiple=True, metavar="SPEC",
+    help="Also deliver records to SPEC (repeatable): file:PATH?max_bytes=100M&keep=10, "
+         "syslog:unix:/dev/log | syslog:udp:HOST:PORT | syslog:tcp:HOST:PORT, "
+         "http:URL?spool=DIR[&token_file=F&body=array]. See docs/formats.md.",
 )
 output_option = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Append records to FILE.")
 label_option = click.option("--label", "-l", "labels", multiple=True, metavar="K=V", help="Label the agent (repeatable).")
@@ -264,6 +279,7 @@ def main() -> None:
 @label_option
 @format_option
 @output_option
+@sink_option
 @click.option("--linger", type=float, default=2.0, show_default=True,
               help="Seconds to keep watching descendants that outlive the root.")
 @rules_option
@@ -280,7 +296,7 @@ def main() -> None:
 @delivery_options
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain, policy_path, dry_run,
+def run(labels, fmt, output, sinks, linger, rules_paths, events, ringbuf_pages, contain, policy_path, dry_run,
         kill_on_exit, internal_cidrs, allow_dests, alert_rate, metrics_addr, ebpf, command):
     """Run COMMAND as an agent and report what its process tree does."""
     if ebpf:
@@ -299,7 +315,7 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
     scope = _scope_config(internal_cidrs, allow_dests)
     rate = _alert_rate(alert_rate)
     with _session(fmt, output, False, ringbuf_pages, rules_paths, events, spec, dry_run, scope, rate,
-                  metrics_addr) as (pipeline, stop):
+                  metrics_addr, sinks) as (pipeline, stop):
         try:
             code = run_agent(pipeline, GatedChild(list(command)), label_map, linger, stop,
                              kill_on_exit=kill_on_exit)
@@ -325,12 +341,13 @@ def run(labels, fmt, output, linger, rules_paths, events, ringbuf_pages, contain
 @label_option
 @format_option
 @output_option
+@sink_option
 @rules_option
 @events_option
 @ringbuf_option
 @network_options
 @delivery_options
-def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, fmt, output, rules_paths, events,
+def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, fmt, output, sinks, rules_paths, events,
           ringbuf_pages, internal_cidrs, allow_dests, alert_rate, metrics_addr):
     """Trace existing processes and their descendants, a cgroup, or the whole host."""
     if sum(map(bool, (pids, host_wide, cgroup_path))) != 1:
@@ -351,7 +368,7 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
     scope = _scope_config(internal_cidrs, allow_dests)
     rate = _alert_rate(alert_rate)
     with _session(fmt, output, host_wide, ringbuf_pages, rules_paths, events, spec, dry_run, scope, rate,
-                  metrics_addr) as (pipeline, stop):
+                  metrics_addr, sinks) as (pipeline, stop):
         try:
             code = watch_loop(pipeline, list(pids), label_map, duration, stop)
         except ProbeError as exc:
@@ -366,9 +383,10 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
 @events_option
 @format_option
 @output_option
+@sink_option
 @click.option("--alert-rate", "alert_rate", metavar="N/SECONDS", default=None,
               help="As for run: at most N alerts per rule and agent in SECONDS of record time.")
-def replay(file, rules_paths, events, fmt, output, alert_rate):
+def replay(file, rules_paths, events, fmt, output, sinks, alert_rate):
     """Run the rules over recorded JSON lines (FILE, or - for stdin) and print the alerts.
 
     Record with `agentwatch run --events -o FILE ...`. Time comes from the
@@ -387,7 +405,7 @@ def replay(file, rules_paths, events, fmt, output, alert_rate):
                 stream = stack.enter_context(open(file, "rb"))
             except OSError as exc:
                 fail(f"cannot open {file}: {exc.strerror}")
-        writer = _rate_limited(stack, _writer(stack, fmt, output), ruleset, rate, None, live=False)
+        writer = _rate_limited(stack, _writer(stack, fmt, output, sinks), ruleset, rate, None, live=False)
         try:
             replay_records(stream, file, engine, writer, events)
         except ReplayError as exc:

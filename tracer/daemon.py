@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -498,7 +499,7 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
     from .cgroups import CgroupError, require_mount  # noqa: PLC0415
     from .gpu import GpuMonitor  # noqa: PLC0415
     from .netscope import ScopeClassifier, ScopeConfig  # noqa: PLC0415
-    from .output import JsonLinesWriter  # noqa: PLC0415
+    from .delivery import DeliveryError, build_writer  # noqa: PLC0415
     from .probes import PolicyProbes, ProbeConfig, ProbeError, Probes  # noqa: PLC0415
     from .runtimes import DockerRuntime  # noqa: PLC0415
 
@@ -507,7 +508,9 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
     except CgroupError as exc:
         raise DaemonSetupError(str(exc)) from None
     with ExitStack() as stack:
-        if config.output == "-":
+        if config.output == "none":
+            stream = None
+        elif config.output == "-":
             stream = sys.stdout.buffer
         else:
             try:
@@ -547,7 +550,13 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
             except OSError as exc:
                 raise DaemonSetupError(f"{config.file}: metrics {config.metrics}: {exc.strerror}") from None
             stack.callback(metrics.close)
-        output = JsonLinesWriter(stream)
+        try:
+            # Records of a sandbox name their host (agent.sandbox.host); the others get this one.
+            output = build_writer(stack, stream, config.format, config.sinks, host=socket.gethostname(),
+                                  metrics=metrics, report=lambda line: print(f"agentwatch daemon: {line}",
+                                                                             file=sys.stderr))
+        except DeliveryError as exc:
+            raise DaemonSetupError(f"{config.file}: sinks: {exc}") from None
         if config.alert_rate is not None or any(r.rate_limit for r in rules):
             from .ratelimit import AlertRateLimit  # noqa: PLC0415
 

@@ -4,7 +4,11 @@
       socket: /run/agentwatch/control.sock
       group: agentwatch            # may mark episodes and read alerts (root always may)
       mode: "0660"
-    output: /var/log/agentwatch/records.jsonl   # "-": standard output
+    output: /var/log/agentwatch/records.jsonl   # "-": standard output; "none": only the sinks
+    format: json                   # json (agentwatch's records) | ecs | ocsf, for the output and the sinks
+    sinks:                         # any number, as agentwatch run --sink SPEC (docs/formats.md)
+      - syslog:unix:/dev/log
+      - http:https://siem.example/ingest?spool=/var/spool/agentwatch/siem&token_file=/etc/agentwatch/token
     events: false                  # true: every event record, not only alerts
     rules: []                      # rules files or directories; none: agentwatch's rules/
     state: /run/agentwatch/state     # a directory: one small file per sandbox
@@ -42,7 +46,7 @@ DEFAULT_STATE = "/run/agentwatch/state"
 ON_ALERT = ("rule", "report", "kill_process", "kill_agent", "freeze_agent")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 _TOP = ("control", "output", "events", "rules", "state", "docker_socket", "internal_cidrs", "allow_dests",
-        "sandboxes", "max_sandboxes", "alert_rate", "metrics")
+        "sandboxes", "max_sandboxes", "alert_rate", "metrics", "format", "sinks")
 _CONTROL = ("socket", "group", "mode")
 _SANDBOX = ("match", "runtime", "policy", "on_alert", "min_severity", "labels", "dry_run")
 
@@ -75,6 +79,8 @@ class DaemonConfig:
     policies: dict = field(default_factory=dict)  # policy file -> tracer.policy.Policy
     alert_rate: tuple[int, float] | None = (20, 60.0)  # per rule and sandbox, into the output (tracer/ratelimit.py)
     metrics: str | None = None                          # ADDR:PORT for Prometheus
+    format: str = "json"                                # json | ecs | ocsf (tracer/delivery.py)
+    sinks: tuple[str, ...] = ()                         # sink specs (tracer/sinks.py parse_sink)
 
 
 class _Doc:
@@ -237,12 +243,28 @@ def parse(text: str, file: str, base: Path | None = None) -> DaemonConfig:
             d.fail(d.line(doc, "metrics"), "metrics", str(exc))
     rules = tuple(str((base / r).resolve()) if not Path(r).is_absolute() else r for r in d.texts(doc, "rules", ""))
     output = d.text(doc, "output", "", "-")
+    from .delivery import FORMATS, DeliveryError, check_sink  # noqa: PLC0415
+
+    fmt = d.text(doc, "format", "", "json")
+    if fmt not in FORMATS:
+        d.fail(d.line(doc, "format"), "format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    sinks = d.texts(doc, "sinks", "")
+    for i, spec in enumerate(sinks):
+        try:
+            check_sink(spec)
+        except DeliveryError as exc:
+            node = doc["sinks"]
+            line = node.item_line[i] if isinstance(node, YList) else d.line(doc, "sinks")
+            d.fail(line, f"sinks[{i}]", str(exc))
+    if output == "none" and not sinks:
+        d.fail(d.line(doc, "output"), "output", "none needs at least one sink (sinks:)")
     return DaemonConfig(
         file=file, sandboxes=tuple(classes), control=control, output=output,
         events=d.flag(doc, "events", ""), rules=rules, state=d.text(doc, "state", "", DEFAULT_STATE),
         docker_socket=d.text(doc, "docker_socket", "", "/var/run/docker.sock"),
         internal_cidrs=d.texts(doc, "internal_cidrs", ""), allow_dests=d.texts(doc, "allow_dests", ""),
         max_sandboxes=max_sandboxes, policies=policies, alert_rate=alert_rate, metrics=metrics,
+        format=fmt, sinks=sinks,
     )
 
 
