@@ -64,8 +64,33 @@ class EncodedLinesWriter(JsonLinesWriter):
         self.stream.write(self.encode(record) + b"\n")
 
 
+def split_format(spec: str) -> tuple[str, str | None]:
+    """A sink's own `format=` option taken out of its spec: (the spec without it, the format or None).
+
+    `file:/var/log/aw/ecs.jsonl?format=ecs&keep=5` writes ECS to that file
+    whatever --format the main stream has.
+    """
+    head, sep, query = spec.partition("?")
+    if not sep:
+        return spec, None
+    fmt = None
+    kept = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if name == "format" and eq:
+            if fmt is not None:
+                raise DeliveryError(f"sink {spec!r}: option 'format' given twice")
+            if value not in FORMATS:
+                raise DeliveryError(f"sink {spec!r}: format: {value!r} is not one of {', '.join(FORMATS)}")
+            fmt = value
+        else:
+            kept.append(part)
+    return (f"{head}?{'&'.join(kept)}" if kept else head), fmt
+
+
 def check_sink(spec: str) -> None:
     """Raise DeliveryError for a spec parse_sink would refuse, without opening or starting anything."""
+    spec, _ = split_format(spec)
     try:
         kind, target, opts, _ = _spec_parts(spec)
         if kind == "syslog":
@@ -91,7 +116,8 @@ def build_writer(stack: ExitStack, stream: BinaryIO | None, fmt: str, sink_specs
                  metrics=None):
     """The Writer over the main stream (None: none) and the sinks of sink_specs, all in fmt.
 
-    fmt "table" applies to the main stream; sinks then get agentwatch's JSON.
+    fmt "table" applies to the main stream; sinks then get agentwatch's JSON. A sink's
+    own `format=` option wins over fmt for it.
     The sinks are closed when stack unwinds (within close_timeout_s in all);
     report(line) gets one line per sink that still holds or lost records then.
     """
@@ -108,7 +134,8 @@ def build_writer(stack: ExitStack, stream: BinaryIO | None, fmt: str, sink_specs
     sinks = [WriterSink(main, name="output")] if main is not None else []
     try:
         for spec in sink_specs:
-            sinks.append(parse_sink(spec, encode=encode))
+            bare, own = split_format(spec)
+            sinks.append(parse_sink(bare, encode=encode if own is None else encoder(own, host)))
     except ValueError as exc:
         for s in sinks:
             s.close(0)
@@ -148,4 +175,4 @@ def closing_report(stats: dict[str, dict], late_notices: list[dict]) -> list[str
 
 
 __all__ = ["FORMATS", "SPEC_HELP", "DeliveryError", "EncodedLinesWriter", "build_writer", "check_sink",
-           "closing_report", "default_host", "encoder"]
+           "closing_report", "default_host", "encoder", "split_format"]

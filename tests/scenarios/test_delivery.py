@@ -11,7 +11,9 @@ import threading
 import time
 import urllib.request
 
-from sandbox import AGENTWATCH, NET_IP, PY, RULES
+import jsonschema
+
+from sandbox import AGENTWATCH, NET_IP, PY, REPO, RULES
 from tracer.sinks import record_id
 
 
@@ -148,6 +150,9 @@ def test_http_receiver_down_while_the_agent_attacks_loses_nothing(net):
         first_seen.setdefault(r["id"], r)
     assert list(first_seen) == [record_id(r) for r in written]  # all, once, in order
     assert all({k: v for k, v in first_seen[record_id(r)].items() if k != "id"} == r for r in written)
+    schema = json.loads((REPO / "docs" / "event.schema.json").read_text())
+    for r in first_seen.values():  # with its id, still a record of the schema
+        jsonschema.validate(r, schema)
     assert collector.bad_auth == 0
     assert any(a["rule"] == "external-port-scan" for a in written if a.get("kind") == "alert")
     assert list(spool.glob("*.seg")) == []  # delivered, nothing left waiting

@@ -88,6 +88,17 @@ def test_table_on_the_terminal_json_to_the_sinks(tmp_path):
     assert json.loads((tmp_path / "s.jsonl").read_bytes()) == ALERT
 
 
+def test_a_sink_s_own_format_wins(tmp_path):
+    out = io.BytesIO()
+    with ExitStack() as stack:
+        w = build_writer(stack, out, "json", (f"file:{tmp_path}/ecs.jsonl?format=ecs&keep=2",
+                                              f"file:{tmp_path}/ocsf.jsonl?format=ocsf"))
+        w.write(ALERT)
+    assert json.loads(out.getvalue()) == ALERT
+    assert json.loads((tmp_path / "ecs.jsonl").read_bytes())["ecs"]["version"] == "8.17.0"
+    assert json.loads((tmp_path / "ocsf.jsonl").read_bytes())["class_uid"] == 2004
+
+
 def test_sinks_only(tmp_path):
     with ExitStack() as stack:
         w = build_writer(stack, None, "json", (f"file:{tmp_path}/s.jsonl",))
@@ -131,6 +142,8 @@ def test_closing_report_names_drops():
     ("http:http://siem/ingest", "needs spool=DIR"),
     ("file:/x?max_bytes=lots", "max_bytes: expected a size"),
     ("syslog:tcp:host", "expected HOST:PORT"),
+    ("file:/x?format=cef", "format: 'cef' is not one of"),
+    ("file:/x?format=ecs&format=ocsf", "'format' given twice"),
 ])
 def test_check_sink_refuses_without_side_effects(spec, message, tmp_path):
     with pytest.raises(DeliveryError, match=message):
