@@ -464,3 +464,29 @@ def test_a_docker_container_is_discovered_labelled_from_docker_and_its_rules_fir
     assert len(added) == 1 and "runtime_note" not in added[0]
     d.wait_for(lambda r: r.get("status") == "sandbox_removed" and sandbox_of(r) == name,
                what="sandbox_removed once the container is gone")
+
+
+def test_the_daemon_delivers_to_its_sinks_in_their_formats(net, web, daemons, fleet_slice):
+    """sinks: in the daemon's config, each with its own format: the same records as the output, in order,
+    as ECS and as OCSF, naming the host."""
+    (fleet_slice / "sb-sinks").mkdir()
+    d = daemons("")
+    ecs_file, ocsf_file = d.tmp / f"{d.name}.ecs.jsonl", d.tmp / f"{d.name}.ocsf.jsonl"
+    text = config(d, str(fleet_slice.relative_to(cgroups.require_mount())))
+    d.config_text = text.replace("sandboxes:\n", f"sinks:\n  - file:{ecs_file}?format=ecs\n"
+                                               f"  - file:{ocsf_file}?format=ocsf&max_bytes=10M\nsandboxes:\n", 1)
+    d.start()
+    wait_sandboxes(d, {"sb-sinks"})
+    done = run_in_sandbox(fleet_slice / "sb-sinks", net, ["curl", "-s", "-o", "/dev/null", web])
+    assert done.returncode == 0, done.stderr
+    d.wait_for(lambda r: r.get("type") == "connect" and sandbox_of(r) == "sb-sinks", what="the curl connect")
+    assert d.stop() == 0
+    records = d.records()
+    ecs = [json.loads(x) for x in ecs_file.read_bytes().splitlines()]
+    ocsf = [json.loads(x) for x in ocsf_file.read_bytes().splitlines()]
+    assert len(ecs) == len(ocsf) == len(records) > 0
+    assert [e["@timestamp"] for e in ecs] == [r["time"] for r in records]
+    connect = next(i for i, r in enumerate(records) if r.get("type") == "connect" and sandbox_of(r) == "sb-sinks")
+    assert ecs[connect]["destination"]["ip"] == NET_IP and ecs[connect]["destination"]["port"] == 80
+    assert ecs[connect]["host"]["name"] == socket.gethostname()
+    assert ocsf[connect]["class_uid"] == 4001 and ocsf[connect]["dst_endpoint"]["ip"] == NET_IP
