@@ -32,8 +32,10 @@ def rules_fail(exc: RulesError) -> "NoReturn":  # noqa: F821
 
 
 def _load_rules(paths: tuple[str, ...], check_examples: bool = True) -> rules_loader.RuleSet:
+    # A directory of community Sigma rules always holds some that cannot map: warn, load the rest.
     try:
-        return rules_loader.load(list(paths) or None, check_examples=check_examples)
+        return rules_loader.load(list(paths) or None, check_examples=check_examples,
+                                 sigma_refusal=lambda line: click.echo(f"warning: {line}", err=True))
     except RulesError as exc:
         rules_fail(exc)
 
@@ -478,6 +480,42 @@ def test(rules_paths):
     click.echo(f"{examples - len(failures)}/{examples} examples hold, {len(ruleset.rules)} rules"
                + (f"; no examples: {', '.join(untested)}" if untested else ""))
     sys.exit(1 if failures else 0)
+
+
+@rules.command(name="import-sigma")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None,
+              help="Write the rules file here (default: standard output).")
+def import_sigma(paths, output):
+    """Convert Sigma rules (files, or directories searched recursively) into an agentwatch rules file.
+
+    Linux process_creation and network_connection rules are converted through pySigma; each rule
+    that cannot be said with the same meaning is refused, with the reason, on stderr. The file
+    written loads with --rules (its rules are checked here before it is written).
+    """
+    from .rules.sigma import import_sigma as convert  # noqa: PLC0415
+
+    try:
+        result = convert(list(paths))
+    except RulesError as exc:
+        rules_fail(exc)
+    for refusal in result.refusals:
+        click.echo(f"refused: {refusal}", err=True)
+    text = result.yaml
+    try:
+        rules_loader.load_text(text, output or "<import-sigma>")
+    except RulesError as exc:  # a conversion bug: say so rather than write a file that will not load
+        click.echo(f"agentwatch: the converted rules do not load: {exc}", err=True)
+        sys.exit(1)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror}")
+    else:
+        click.echo(text, nl=False)
+    click.echo(f"imported {len(result.rules)} rules, refused {len(result.refusals)}", err=True)
 
 
 @rules.command()

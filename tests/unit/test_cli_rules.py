@@ -197,3 +197,40 @@ def test_replay_output_file(tmp_path):
     result = cli("replay", recording(tmp_path), "--rules", FIXTURE, "-o", out)
     assert result.exit_code == 0 and result.stdout == ""
     assert len(out.read_bytes().splitlines()) == 2
+
+
+SIGMA = Path(__file__).parent / "fixtures" / "sigma"
+
+
+def split_runner() -> CliRunner:
+    """stderr apart from stdout: click 8.2+ always keeps them apart, older ones need mix_stderr=False."""
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
+def test_import_sigma_writes_a_rules_file_that_loads(tmp_path):
+    out = tmp_path / "sigma-rules.yaml"
+    res = split_runner().invoke(main, ["rules", "import-sigma", str(SIGMA), "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    refused = [line for line in res.stderr.splitlines() if line.startswith("refused: ")]
+    imported, n_refused = map(int, re.search(r"imported (\d+) rules, refused (\d+)", res.stderr).groups())
+    assert imported > 0 and n_refused == len(refused) > 0
+    assert any("'TargetFilename'" in line for line in refused)  # the reason is named
+    text = out.read_text()
+    assert text.startswith("# Imported from Sigma by agentwatch") and text.count("\n- rule: ") == imported
+    res = cli("rules", "validate", "--rules", "rules", "--rules", out)
+    assert res.exit_code == 0, res.output
+
+
+def test_import_sigma_of_a_missing_path_is_one_line(tmp_path):
+    res = split_runner().invoke(main, ["rules", "import-sigma", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_sigma_files_given_to_rules_warn_for_refusals_and_load_the_rest():
+    res = split_runner().invoke(main, ["rules", "validate", "--rules", "rules", "--rules", str(SIGMA)])
+    assert res.exit_code == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings and all(": sigma rule '" in w for w in warnings)
