@@ -72,7 +72,7 @@ apt_install() {
 # a busybox root filesystem to import as a local image: no registry is reachable).
 REQUIRED=(python3-bpfcc python3-venv python3-pip iproute2 socat openssh-server
           openssh-client netcat-openbsd gcc libc6-dev make kmod procps "${EXTRA_PKGS[@]}"
-          autossh ncat git curl rsyslog
+          autossh ncat git curl rsyslog telnet
           docker.io busybox-static)
 missing=()
 for p in "${REQUIRED[@]}"; do is_installed "$p" || missing+=("$p"); done

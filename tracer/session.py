@@ -16,6 +16,7 @@ from . import dns, events, gpu
 from .actions import Actor
 from .agents import Agent, AgentRegistry
 from .containment import Containment, blocked_alert
+from .flows import FlowTracker
 from .launcher import GatedChild
 from .netscope import ScopeClassifier
 from .output import Writer
@@ -67,6 +68,7 @@ class Pipeline:
     received: int = 0
     fleet: "FleetHooks | None" = None  # the daemon's sandboxes (tracer/daemon.py); None for run and watch
     metrics: "object | None" = None  # tracer.metrics.Metrics (--metrics); None: no counting
+    flows: FlowTracker | None = field(default_factory=FlowTracker)  # pipe_link records (tracer/flows.py)
     # Stop signals a watched process sent to agentwatch (tamper records): such a stop is ignored.
     stop_signals_from_agents: list[int] = field(default_factory=list)
     _lost_seen: dict[str, int] = field(default_factory=dict)
@@ -122,6 +124,9 @@ class Pipeline:
         if isinstance(ev, events.TamperEvent):
             self._note_tamper(ev, record)
         self.emit(record)
+        if self.flows is not None and proc.agent_id:
+            for link in self.flows.observe(record, proc, child):
+                self.emit(link)
         if isinstance(ev, events.SendEvent):
             self._emit_dns(ev, record)
         elif isinstance(ev, events.ExitEvent):
@@ -218,6 +223,9 @@ class Pipeline:
             self.handle(raw)
         if self.metrics is not None:
             self.metrics.drained(len(batch), events.ktime_of(batch[-1]) if batch else None)
+        if self.flows is not None:
+            for link in self.flows.tick(self._agent_now):
+                self.emit(link)
         now = time.monotonic()
         if now - self._lost_checked >= LOST_CHECK_SECONDS:
             self.report_lost()
@@ -228,6 +236,10 @@ class Pipeline:
         if batch:
             self.writer.flush()
         return len(batch)
+
+    def _agent_now(self, kernel_id: int) -> dict | None:
+        agent = self.agents.by_kernel_id(kernel_id)
+        return agent.as_json() if agent is not None else None
 
     def _with_denials(self, batch: list[bytes], cut: int | None) -> list[bytes]:
         """Denials (their own ring buffer) merged into the main batch by kernel time.

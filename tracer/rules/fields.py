@@ -21,7 +21,8 @@ from typing import Callable
 # Field types. ADDR is an IP address as text: the only type `cidr` accepts.
 STR, INT, FLOAT, BOOL, ADDR, LIST = "str", "int", "float", "bool", "addr", "list[str]"
 
-RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "gpu", "tamper", "blocked", "lost",
+RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", "gpu", "tamper", "blocked", "pipe_link",
+                "lost",
                 "status")
 
 Getter = Callable[[dict], object]
@@ -294,6 +295,20 @@ def _tamper_cgroup(key: str, typ: type) -> Getter:
     return get
 
 
+def _link_relays(r: dict):
+    link = r.get("link")
+    if link.__class__ is dict and link.get("relays").__class__ is list:
+        return len(link["relays"])
+    return None
+
+
+def _link_peer_cmdline(r: dict):
+    link = r.get("link")
+    if link.__class__ is dict and link.get("peer").__class__ is dict:
+        return _cmdline(link["peer"])
+    return None
+
+
 _F = Field
 FIELDS: dict[str, Field] = {
     f.name: f
@@ -378,6 +393,18 @@ FIELDS: dict[str, Field] = {
            _tamper_cgroup("path", str)),
         _F("tamper.leaves_cgroup", BOOL, "`tamper.cgroup.leaves_agent`: the move takes it out of the agent's cgroup",
            _tamper_cgroup("leaves_agent", bool)),
+        _F("link.stdin", BOOL, "`link.stdin` (pipe_link): what the peer (the connection's holder) writes reaches "
+           "this process's stdin", _sub("link", "stdin", bool)),
+        _F("link.stdout", BOOL, "`link.stdout` (pipe_link): what this process writes on stdout or stderr reaches the peer",
+           _sub("link", "stdout", bool)),
+        _F("link.via", LIST, "`link.via` (pipe_link): what the data passes: pipe, fifo, socket",
+           _sub("link", "via", list)),
+        _F("link.relays", INT, "the number of `link.relays` (pipe_link): processes between the two",
+           _link_relays),
+        _F("link.peer.name", STR, "`link.peer.comm` (pipe_link): the process holding the outside connection",
+           _nested("link", "peer", "comm", str)),
+        _F("link.peer.exe", STR, "`link.peer.exe` (pipe_link)", _nested("link", "peer", "exe", str)),
+        _F("link.peer.cmdline", STR, "`link.peer.argv` joined with spaces (pipe_link)", _link_peer_cmdline),
         _F("policy.rule", STR, "`policy.rule` of a blocked record: the policy rule that denied, or default",
            _sub("policy", "rule", str)),
         _F("status.name", STR,

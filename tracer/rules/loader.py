@@ -828,7 +828,7 @@ EXAMPLE_EPOCH = calendar.timegm((2026, 1, 1, 0, 0, 0, 0, 0, 0))
 EXAMPLE_STEP = 0.001  # seconds between the records of an example, unless they say `time`
 RECORD_KEYS = frozenset((
     "kind", "type", "time", "agent", "process", "exec", "exit_code", "signal", "child", "network", "payload",
-    "connection", "dns", "gpu", "tamper", "policy", "lost", "lost_total", "status", "survivors", "argv", "linger", "pids", "host_wide",
+    "connection", "dns", "gpu", "tamper", "link", "policy", "lost", "lost_total", "status", "survivors", "argv", "linger", "pids", "host_wide",
 ))
 PROCESS_KEYS = frozenset(("pid", "ppid", "uid", "comm", "exe", "argv", "argv_truncated", "key", "ancestry"))
 _REPEAT = re.compile(r"\{i(?:\+(\d+))?\}")
