@@ -243,8 +243,15 @@ def test_enabled_alone_toggles_an_earlier_rule():
          "  threshold: {by: process, within: 10, count: 0}\n",
          "r.yaml:5: rule r: threshold.count: a whole number >= 1"),
         ("- rule: r\n  severity: low\n  events: [connect]\n  condition: net.internal\n"
-         "  threshold: {by: lineage, within: 10, count: 3}\n",
-         "r.yaml:5: rule r: threshold.by: 'lineage' is not process or agent"),
+         "  threshold: {by: host, within: 10, count: 3}\n",
+         "r.yaml:5: rule r: threshold.by: 'host' is not process, lineage or agent"),
+        ("- rule: r\n  severity: low\n  events: [connect]\n  condition: net.internal\n"
+         "  threshold: {by: process, within: 10, count: 3, processes: 2}\n",
+         "r.yaml:5: rule r: threshold.processes: counts the processes of an agent or a lineage "
+         "(by: agent or by: lineage)"),
+        ("- rule: r\n  severity: low\n  events: [connect]\n  condition: net.internal\n"
+         "  threshold: {by: agent, within: 10, count: 3, processes: 0}\n",
+         "r.yaml:5: rule r: threshold.processes: a whole number >= 1"),
         ("- rule: r\n  severity: low\n  events: [connect]\n  condition: net.internal\n"
          "  threshold: {within: 10, count: 3, distinct: [net.port]}\n",
          "r.yaml:5: rule r: threshold.distinct: unknown field 'net.port'"),

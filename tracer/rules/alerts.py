@@ -66,9 +66,20 @@ def compile_template(text: str) -> Template:
     return render
 
 
-def alert_record(rule, evidence: list[dict], count: int | None = None) -> dict:
-    """The alert for a rule matched by `evidence` (oldest first; the last completed the match)."""
+def alert_record(rule, evidence: list[dict], count: int | None = None, process: dict | None = None,
+                 involved: dict | None = None) -> dict:
+    """The alert for a rule matched by `evidence` (oldest first; the last completed the match).
+
+    `process` names the culprit when it is not the last record's process (an
+    agent or lineage threshold: the processes' common ancestor); the message
+    is then filled in with it. `involved` lists those processes.
+    """
     last = evidence[-1]
+    shown = last
+    if process is None:
+        process = last.get("process")
+    elif process is not last.get("process"):
+        shown = dict(last, process=process)
     alert = {
         "kind": "alert",
         "rule": rule.id,
@@ -78,14 +89,16 @@ def alert_record(rule, evidence: list[dict], count: int | None = None) -> dict:
         "mitre": list(rule.mitre),
         "time": last.get("time"),
         "agent": last.get("agent"),
-        "process": last.get("process"),
+        "process": process,
     }
     network = last.get("network")
     if network is not None:
         alert["network"] = network
-    alert["message"] = rule.message(last)
+    alert["message"] = rule.message(shown)
     alert["action"] = rule.action
     if count is not None:
         alert["count"] = count
+    if involved is not None:
+        alert["involved"] = involved
     alert["evidence"] = list(evidence)
     return alert

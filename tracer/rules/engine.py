@@ -7,8 +7,10 @@ compiler.py), by that field's value: a record is tested only against rules
 that can match it.
 
 Stateful rules keep their state per key (a process, a process lineage or an
-agent). Time is the records' `time`, never the wall clock, so a replay fires
-exactly as the live run did. State is bounded: a key is dropped once
+agent). Thresholds by agent or lineage count whatever process made each
+record, and their alerts name the processes' nearest common ancestor
+(_Lineages, GroupThreshold). Time is the records' `time`, never the wall
+clock, so a replay fires exactly as the live run did. State is bounded: a key is dropped once
 `within` seconds (of record time) have passed since its last record, checked
 whenever the rule matches, at most every SWEEP_SECONDS; and each rule keeps
 at most MAX_KEYS keys, dropping the least recently used.
@@ -25,6 +27,7 @@ from .alerts import alert_record
 
 MAX_KEYS = 16384  # per stateful rule: with EVIDENCE_MAX, what bounds the records held
 EVIDENCE_MAX = 5  # records kept per key as a threshold alert's evidence (the latest)
+INVOLVED_MAX = 8  # processes listed in an agent or lineage threshold's alert (the latest); the rest counted
 SWEEP_SECONDS = 5.0  # expire stale state at most this often (record time)
 
 
@@ -36,10 +39,15 @@ class Engine:
         self._single: dict[str, _Plan] = {}
         self._stateful: dict[str, list] = {}
         self._machines: list = []
+        self._lineages: _Lineages | None = None
         singles: dict[str, list] = {}
         for index, rule in enumerate(self.rules):
             if rule.sequence is not None:
                 machine = Sequence(index, rule)
+            elif rule.threshold is not None and rule.threshold.by != "process":
+                if self._lineages is None:
+                    self._lineages = _Lineages()
+                machine = GroupThreshold(index, rule, self._lineages)
             elif rule.threshold is not None:
                 machine = Threshold(index, rule)
             else:
@@ -51,7 +59,11 @@ class Engine:
                 self._stateful.setdefault(t, []).append(machine)
         for t, entries in singles.items():
             self._single[t] = _Plan(entries)
-        self.types = frozenset(self._single) | frozenset(self._stateful)  # record types any rule reads
+        # Record types any rule reads; an agent or lineage threshold also learns who the ancestors
+        # are from fork records (their process is the parent).
+        self.types = frozenset(self._single) | frozenset(self._stateful)
+        if self._lineages is not None:
+            self.types |= {"fork"}
 
     def evaluate(self, rec: dict) -> list[dict]:
         kind = rec.get("kind")
@@ -63,6 +75,8 @@ class Engine:
             t = "status"
         else:
             return []
+        if t == "fork" and self._lineages is not None:
+            self._lineages.see(rec)
         out: list | None = None
         plan = self._single.get(t)
         if plan is not None:
@@ -471,7 +485,7 @@ def _value_of(flds: list):
 
 
 class Threshold(_Stateful):
-    """At least `count` matching records (or distinct values) within `within` seconds, per key.
+    """At least `count` matching records (or distinct values) within `within` seconds, per process.
 
     The window slides. Once it fires for a key, that key is quiet for
     `within` seconds (one alert per key and window) and then starts afresh.
@@ -482,7 +496,7 @@ class Threshold(_Stateful):
         self.index = index
         self.rule = rule
         spec = rule.threshold
-        self.key = _agent_key if spec.by == "agent" else _process_key
+        self.key = _process_key  # by agent and by lineage: GroupThreshold
         self.within = spec.within
         self.count = spec.count
         self.distinct = tuple(F.field(name).get for name in spec.distinct)
@@ -541,3 +555,279 @@ class Threshold(_Stateful):
     def expire(self, now: float) -> None:
         cutoff = now - self.within
         _expire(self.state, lambda w: w.last < cutoff and now >= w.quiet_until)
+
+
+# --------------------------------------------------------------------------
+# Thresholds by agent or by lineage: many processes, one culprit.
+
+
+class _Lineages:
+    """Who the ancestors of a record's process are inside its agent.
+
+    Holds the latest process object of each parent, per (agent id, pid),
+    from fork records (their process is the parent): an ancestor that forked
+    the processes of a window is known whole (argv, key) when an alert names
+    it. At most MAX_KEYS processes, the least recently seen dropped. The
+    chain of the record at hand is kept for the next rule.
+    """
+
+    def __init__(self) -> None:
+        self.seen: OrderedDict = OrderedDict()
+        self._last: tuple = (None, None)  # (record, its chain): the rules of one record share it
+
+    def see(self, rec: dict) -> None:
+        p = rec.get("process")
+        a = rec.get("agent")
+        if p.__class__ is dict and a.__class__ is dict:
+            aid = a.get("id")
+            pid = p.get("pid")
+            if aid.__class__ is str and pid.__class__ is int:
+                _touch(self.seen, (aid, pid), p)
+
+    def chain(self, rec: dict, aid: str) -> tuple | None:
+        """The pids of the record's process and of its ancestors inside the agent, deepest first.
+
+        The ancestry (as recorded at fork) up to and including the agent's
+        root; when the root is not in it (a sandbox's first process is not
+        everyone's ancestor, ancestry stops at 16), up to the last ancestor
+        seen forking in this agent.
+        """
+        last = self._last
+        if last[0] is rec:
+            return last[1]
+        chain = self._chain(rec, aid)
+        self._last = (rec, chain)
+        return chain
+
+    def _chain(self, rec: dict, aid: str) -> tuple | None:
+        p = rec["process"]
+        pid = p.get("pid")
+        if pid.__class__ is not int:
+            return None
+        root = rec["agent"].get("root_pid")
+        if pid == root:
+            return (pid,)
+        out = [pid]
+        anc = p.get("ancestry")
+        if anc.__class__ is list:
+            pids = [a.get("pid") for a in anc if a.__class__ is dict]
+            if root is not None and root in pids:
+                out.extend(pids[:pids.index(root) + 1])
+            else:
+                seen = self.seen
+                for x in pids:
+                    if (aid, x) not in seen:
+                        break
+                    out.append(x)
+        return tuple(out)
+
+    def process(self, aid: str, brief: dict) -> dict | None:
+        """The latest process object of the ancestor an ancestry entry names, if it is still that process."""
+        p = self.seen.get((aid, brief["pid"]))
+        if p is not None and p.get("comm") == brief["comm"] and p.get("exe") == brief["exe"]:
+            return p
+        return None
+
+
+class _Member:
+    """A process whose records are in a window: how many, its latest process object and lineage."""
+
+    __slots__ = ("hits", "process", "chain")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.process: dict = {}
+        self.chain: tuple | None = None
+
+
+class _GroupWindow:
+    __slots__ = ("hits", "members", "evidence", "quiet_until", "last")
+
+    def __init__(self, distinct: bool, now: float) -> None:
+        # count: (time, process key) of the matching records in the window, oldest first;
+        # distinct: value tuple -> (time, process key) of its last sighting, oldest first.
+        self.hits: deque | OrderedDict = OrderedDict() if distinct else deque()
+        self.members: OrderedDict = OrderedDict()  # process key -> _Member, the latest to count last
+        self.evidence: deque = deque(maxlen=EVIDENCE_MAX)
+        self.quiet_until = float("-inf")
+        self.last = now
+
+
+class GroupThreshold(_Stateful):
+    """A threshold by agent or by lineage: records count whatever process of the agent made them.
+
+    by agent: one window per agent. by lineage: one window per process of
+    the agent other than its root, for the records of that process and of
+    its descendants. A record counts in the window of its process and of
+    each ancestor below the root (_Lineages.chain), deepest first, up to the
+    first window that is quiet (what reaches it is already in an alert). The
+    deepest window to reach the count fires; it and the windows above it
+    start afresh, quiet for `within` seconds. `processes: N`: a window fires
+    only once N processes made records in it.
+
+    The alert names the nearest common ancestor of the processes whose
+    records are in the window, and lists the processes (the latest
+    INVOLVED_MAX, with how many more).
+    """
+
+    def __init__(self, index: int, rule, lineages: _Lineages) -> None:
+        super().__init__()
+        self.index = index
+        self.rule = rule
+        spec = rule.threshold
+        self.by = spec.by
+        self.within = spec.within
+        self.count = spec.count
+        self.processes = spec.processes
+        self.distinct = bool(spec.distinct)
+        self._value = _value_of([F.field(name) for name in spec.distinct])
+        self.types = set(rule.events)
+        self.match = guarded(rule.match, rule.guard)
+        self.lineages = lineages
+
+    def feed(self, rec: dict, t: str):
+        if not self.match(rec):
+            return None
+        aid = _agent_key(rec)
+        if aid is None:
+            return None
+        value = None
+        if self.distinct:
+            value = self._value(rec)
+            if value is None:  # a record without one of the fields does not count
+                return None
+        now = self.clock(rec)
+        if now is None:
+            return None
+        pkey = _process_key(rec)
+        chain = self.lineages.chain(rec, aid) if pkey is not None else None
+        if self.by == "agent":
+            keys: list = [aid]
+        else:
+            if chain is None:
+                return None
+            nodes = chain[:-1] if len(chain) > 1 and chain[-1] == rec["agent"].get("root_pid") else chain
+            keys = [(aid, pid) for pid in nodes]
+            if self.processes > 1 and keys[0] not in self.lineages.seen:
+                # A process that never forked has no descendants: a window of its own records
+                # alone could never hold two processes.
+                del keys[0]
+        state = self.state
+        for i, key in enumerate(keys):
+            w = state.get(key)
+            if w is None:
+                w = state[key] = _GroupWindow(self.distinct, now)
+                if len(state) > MAX_KEYS:
+                    state.popitem(last=False)
+            elif now < w.quiet_until:
+                return None
+            else:
+                w.last = now
+                state.move_to_end(key)
+            n = self._add(w, value, now, pkey, rec, chain)
+            if n >= self.count and len(w.members) >= self.processes:
+                alert = self._alert(w, n, now, aid)
+                for above in keys[i:]:  # this window and those above it: their records are in this alert
+                    old = state.get(above)
+                    if old is not None and now < old.quiet_until:
+                        break
+                    fresh = _GroupWindow(self.distinct, now)
+                    fresh.quiet_until = now + self.within
+                    _touch(state, above, fresh)
+                return self.index, alert
+        return None
+
+    def _add(self, w: _GroupWindow, value, now: float, pkey, rec: dict, chain) -> int:
+        """Count the record in the window; returns how many records (or distinct values) it holds."""
+        members = w.members
+        hits = w.hits
+        if self.distinct:
+            old = hits.pop(value, None)
+            if old is not None:
+                _drop_hit(members, old[1])
+        if pkey is not None:
+            m = members.get(pkey)
+            if m is None:
+                m = members[pkey] = _Member()
+            else:
+                members.move_to_end(pkey)
+            m.hits += 1
+            m.process = rec["process"]
+            m.chain = chain
+        cutoff = now - self.within
+        if self.distinct:
+            hits[value] = (now, pkey)
+            while True:  # hits is never empty here
+                at, k = next(iter(hits.values()))
+                if at >= cutoff:
+                    break
+                hits.popitem(last=False)
+                _drop_hit(members, k)
+        else:
+            hits.append((now, pkey))
+            while hits[0][0] < cutoff:
+                _drop_hit(members, hits.popleft()[1])
+        w.evidence.append((now, rec))
+        return len(hits)
+
+    def _alert(self, w: _GroupWindow, n: int, now: float, aid: str) -> dict:
+        cutoff = now - self.within
+        evidence = [r for at, r in w.evidence if at >= cutoff]
+        ancestor, process = self._culprit(w.members, aid)
+        members = list(w.members.items())
+        listed = members[-INVOLVED_MAX:]
+        involved = {
+            "by": self.by,
+            "ancestor": ancestor,
+            "count": len(members),
+            "processes": [{"pid": m.process.get("pid"), "comm": m.process.get("comm"), "key": key, "records": m.hits}
+                          for key, m in listed],
+            "more": len(members) - len(listed),
+        }
+        return alert_record(self.rule, evidence, count=n, process=process, involved=involved)
+
+    def _culprit(self, members: OrderedDict, aid: str) -> tuple[dict | None, dict | None]:
+        """({pid, comm, exe} of the members' nearest common ancestor, or None; its process object, or None)."""
+        common: tuple | None = None  # the shared lineage, top first
+        for m in members.values():
+            if m.chain is None:
+                return None, None
+            top = m.chain[::-1]
+            if common is None:
+                common = top
+            else:
+                k, end = 0, min(len(common), len(top))
+                while k < end and common[k] == top[k]:
+                    k += 1
+                common = common[:k]
+            if not common:
+                return None, None
+        if not common:
+            return None, None
+        pid = common[-1]
+        for m in members.values():  # the ancestor made records of the window itself
+            p = m.process
+            if p.get("pid") == pid:
+                return {"pid": pid, "comm": p.get("comm"), "exe": p.get("exe")}, p
+        for m in members.values():
+            anc = m.process.get("ancestry")
+            for a in anc if anc.__class__ is list else ():
+                if a.__class__ is dict and a.get("pid") == pid:
+                    brief = {"pid": pid, "comm": a.get("comm"), "exe": a.get("exe")}
+                    return brief, self.lineages.process(aid, brief)
+        return None, None
+
+    def expire(self, now: float) -> None:
+        cutoff = now - self.within
+        _expire(self.state, lambda w: w.last < cutoff and now >= w.quiet_until)
+
+
+def _drop_hit(members: OrderedDict, pkey) -> None:
+    """A record of the process `pkey` left the window."""
+    if pkey is None:
+        return
+    m = members.get(pkey)
+    if m is not None:
+        m.hits -= 1
+        if m.hits <= 0:
+            del members[pkey]

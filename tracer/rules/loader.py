@@ -37,7 +37,7 @@ MACRO_KEYS = ("macro", "condition", "append")
 EXCEPTION_KEYS = ("name", "fields", "comps", "values")
 SEQUENCE_KEYS = ("by", "within", "steps")
 STEP_KEYS = ("events", "condition")
-THRESHOLD_KEYS = ("by", "within", "count", "distinct")
+THRESHOLD_KEYS = ("by", "within", "count", "distinct", "processes")
 EXAMPLE_KEYS = ("match", "no_match")
 OVERRIDE_APPEND = ("condition", "exceptions", "tags")
 OVERRIDE_REPLACE = ("condition", "exceptions", "tags", "enabled", "severity", "output", "title", "description",
@@ -86,6 +86,7 @@ class ThresholdSpec:
     within: float
     count: int
     distinct: tuple[str, ...]
+    processes: int = 1  # by agent or lineage: the records come from at least this many processes
 
 
 @dataclass
@@ -500,11 +501,11 @@ class _Loader:
     def _threshold(self, item: YMap, owner: str) -> ThresholdSpec:
         spec = item["threshold"]
         if not isinstance(spec, YMap):
-            self._fail(item, owner, "threshold: a mapping with by, within, count and distinct", "threshold")
+            self._fail(item, owner, "threshold: a mapping with by, within, count, distinct and processes", "threshold")
         self._check_keys(spec, THRESHOLD_KEYS, owner, "threshold: ")
         by = spec.get("by", "process")
-        if by not in ("process", "agent"):
-            self._fail(spec, owner, f"threshold.by: {by!r} is not process or agent", "by")
+        if by not in ("process", "lineage", "agent"):
+            self._fail(spec, owner, f"threshold.by: {by!r} is not process, lineage or agent", "by")
         within = self._window(spec, owner, "threshold")
         count = spec.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -517,7 +518,13 @@ class _Loader:
         for name in distinct:
             if not isinstance(name, str) or F.field(name) is None:
                 self._fail(spec, owner, f"threshold.distinct: unknown field {name!r}", "distinct")
-        return ThresholdSpec(by, within, count, tuple(distinct))
+        processes = spec.get("processes", 1)
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            self._fail(spec, owner, "threshold.processes: a whole number >= 1", "processes")
+        if processes > 1 and by == "process":
+            self._fail(spec, owner, "threshold.processes: counts the processes of an agent or a lineage "
+                       "(by: agent or by: lineage)", "processes")
+        return ThresholdSpec(by, within, count, tuple(distinct), processes)
 
     def _exceptions(self, item: YMap, owner: str) -> list[Exception_]:
         excs = item.get("exceptions", [])
