@@ -27,7 +27,12 @@ TEST_PY = textwrap.dedent("""\
     def test_adds():
         assert 1 + 1 == 2
 """)
-ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp"]
+# A parallel test's client and its server on an ephemeral loopback port, one process each.
+EPHEMERAL_PAIR = (
+    "import socket; s = socket.create_server(('127.0.0.1', 0)); "
+    "c = socket.create_connection(s.getsockname(), timeout=2); a, _ = s.accept(); c.sendall(b'ok'); a.recv(2)"
+)
+ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp", "fan-out-ci"]
 
 
 def _activities(work, sshd, web) -> dict[str, str]:
@@ -41,6 +46,15 @@ def _activities(work, sshd, web) -> dict[str, str]:
         "curl": f"curl -sS -o /dev/null -w '%{{http_code}}\\n' {web}",
         "ssh-true": " ".join(sshd.ssh(f"root@{NET_IP}", "true")),
         "scp": f"scp -F {sshd.config} {work / 'notes.txt'} root@{NET_IP}:{work / 'remote' / 'notes.txt'}",
+        # CI: one short-lived process per job, in parallel, as make -j or a test runner starts them
+        "fan-out-ci": " && ".join([
+            f"cd {work}",
+            "printf '%s\\n' a b c d e f g h | xargs -P 4 -I{} sh -c 'cp hello.c {}.c && gcc -c {}.c -o {}.o'",
+            "seq 1 16 | xargs -P 4 -n1 true",
+            f"seq 1 8 | xargs -P 4 -I{{}} git -C {work / 'repo'} log --oneline -1",
+            f"seq 1 12 | xargs -P 4 -I{{}} curl -sS -o /dev/null {web}",
+            f"seq 1 60 | xargs -P 8 -I{{}} {PY} -c {shlex.quote(EPHEMERAL_PAIR)}",
+        ]),
     }
 
 
@@ -84,3 +98,15 @@ def test_the_session_as_a_whole_raises_nothing_medium_or_above(session):
     assert (work / "hello").exists() and (work / "site" / "awdemo").is_dir()
     assert (work / "remote" / "notes.txt").read_text() == "notes\n"
     assert not run.at_least("medium"), run.describe()
+
+
+def test_a_ci_fan_out_is_many_processes_and_no_scan(session):
+    """The fan-out really spread over processes: 60 clients on 60 ephemeral loopback ports, 12 to one web
+    server; no threshold over many processes took it for a scan or a sweep."""
+    run, _ = session
+    tests = {r["process"]["pid"] for r in run.events if r["type"] == "connect"
+             and r["network"]["daddr"] == "127.0.0.1" and r["network"]["dport"] >= 32768}
+    web = {r["process"]["pid"] for r in run.events if r["type"] == "connect"
+           and r["network"]["daddr"] == NET_IP and r["network"]["dport"] == 80}
+    assert len(tests) >= 60 and len(web) >= 12
+    assert not [a for a in run.alerts if "involved" in a], run.describe()

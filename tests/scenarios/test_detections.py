@@ -9,12 +9,15 @@ costs seconds, so related behaviours share a run.
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
+from collections import Counter
 
+import jsonschema
 import pytest
 
-from sandbox import DEMO, LOCAL_SERVICE_PORT, NET_IP, PY
+from sandbox import DEMO, LOCAL_SERVICE_PORT, NET_IP, PY, REPO
 
 pytestmark = pytest.mark.scenario
 
@@ -422,7 +425,7 @@ def test_whole_agent_scan(probes):
     scanners = probes.pids_that_exec(python_running("range(1, 101)"))
     scanners |= probes.pids_that_exec(python_running("10.99.0."))
     alert = assert_alert(probes, "agent-internal-scan", "T1046", scanners)
-    assert alert["count"] >= 100
+    assert alert["count"] >= 100 and alert["involved"]["by"] == "agent"
 
 
 def test_external_port_scan(probes):
@@ -477,3 +480,80 @@ def test_scanner_by_name(probes):
 def test_authorized_keys_write(probes):
     assert_alert(probes, "ssh-authorized-keys-write", "T1098.004",
                  probes.pids_that_exec(lambda p: "authorized_keys" in " ".join(p["argv"])))
+
+
+# --- scans fanned out over one process per probe ------------------------------------------------
+
+FAN_OUT_RULES = ("lineage-internal-scan", "lineage-internal-sweep", "lineage-external-scan", "agent-internal-scan",
+                 "agent-internal-sweep", "agent-external-scan", "agent-external-sweep")
+
+
+@pytest.fixture(scope="module")
+def fan_out(agentwatch):
+    """Three scans where every probe is its own short-lived process, one command after another:
+    120 outside ports through `xargs -P 8 sh -c 'nc ...'`, 120 loopback ports from bash subshells
+    (`(echo > /dev/tcp/...) &`), and 45 internal hosts through `xargs -P 16 nc`."""
+    script = "; ".join([
+        f"seq 1 120 | xargs -P 8 -I{{}} sh -c 'nc -nz -w1 {NET_IP} {{}}'",
+        "bash -c 'for p in $(seq 1 120); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null & done; wait'",
+        "seq 1 45 | xargs -P 16 -I{} nc -nz -w1 10.99.0.{} 22",
+    ])
+    return agentwatch(["sh", "-c", script], labels={"scenario": "fan-out"})
+
+
+def _probes_under(run, ancestor: int) -> dict[int, dict]:
+    """The connect records' processes that descend from `ancestor`, by pid."""
+    return {r["process"]["pid"]: r["process"] for r in run.events if r["type"] == "connect"
+            and ancestor in [a["pid"] for a in r["process"]["ancestry"]]}
+
+
+def _assert_fan_out(run, rule: str, top: int, least: int) -> dict:
+    """`rule` names `top` (the probes' common ancestor) as the culprit and lists probes from under it."""
+    alert = assert_alert(run, rule, "T1046", top)
+    probes = _probes_under(run, top)
+    inv = alert["involved"]
+    assert inv["ancestor"]["pid"] == top and alert["process"]["key"].startswith(f"{top}:")
+    assert inv["count"] >= least and inv["more"] == inv["count"] - len(inv["processes"])
+    assert {p["pid"] for p in inv["processes"]} <= set(probes), inv["processes"]
+    assert {e["process"]["pid"] for e in alert["evidence"]} <= set(probes)
+    jsonschema.validate(alert, json.loads((REPO / "docs" / "event.schema.json").read_text()))
+    return alert
+
+
+def test_fan_out_stays_under_the_per_process_rules(fan_out):
+    """Each probe is a process of its own: no process comes near a per-process count (20 hosts, 50 ports)."""
+    per_process = Counter(r["process"]["key"] for r in fan_out.events if r["type"] == "connect")
+    assert len(per_process) >= 250 and max(per_process.values()) < 20
+    for rule in ("internal-port-scan", "internal-host-sweep", "external-port-scan"):
+        assert not fan_out.alerts_of(rule), fan_out.describe()
+
+
+def test_fan_out_scan_of_outside_ports(fan_out):
+    [xargs] = fan_out.pids_that_exec(lambda p: p["comm"] == "xargs" and NET_IP in " ".join(p["argv"]))
+    alert = _assert_fan_out(fan_out, "agent-external-scan", xargs, 90)
+    assert alert["count"] == 100 and alert["process"]["argv"][:3] == ["xargs", "-P", "8"]
+    assert alert["message"].startswith(f"the agent scans outside ports from many processes under xargs (pid {xargs})")
+    alert = _assert_fan_out(fan_out, "lineage-external-scan", xargs, 45)
+    assert alert["count"] == 50 and alert["involved"]["by"] == "lineage"
+
+
+def test_fan_out_scan_from_bash_subshells(fan_out):
+    """Subshells fork without exec: each probe is a bash, the loop's bash is the culprit."""
+    [loop] = fan_out.pids_that_exec(lambda p: p["argv"][:2] == ["bash", "-c"] and "/dev/tcp/127.0.0.1" in p["argv"][2])
+    for rule in ("agent-internal-scan", "lineage-internal-scan"):
+        alert = _assert_fan_out(fan_out, rule, loop, 45)
+        assert {p["comm"] for p in alert["involved"]["processes"]} == {"bash"}
+
+
+def test_fan_out_sweep_of_internal_hosts(fan_out):
+    [xargs] = fan_out.pids_that_exec(lambda p: p["comm"] == "xargs" and "10.99.0.{}" in p["argv"])
+    _assert_fan_out(fan_out, "lineage-internal-sweep", xargs, 18)
+    alert = _assert_fan_out(fan_out, "agent-internal-sweep", xargs, 36)
+    assert alert["count"] == 40
+
+
+def test_fan_out_rules_fire_once_per_scan(fan_out):
+    for rule in FAN_OUT_RULES:
+        if rule != "agent-external-sweep":  # one outside host: not a sweep
+            assert len(fan_out.alerts_of(rule)) == 1, f"{rule}:\n{fan_out.describe()}"
+    assert not fan_out.alerts_of("agent-external-sweep")
