@@ -557,9 +557,12 @@ class SyslogSink(SinkBase):
         self.target = target
         self.proto, address = parse_syslog_target(target)
         if isinstance(facility, str):
-            if facility not in FACILITIES:
+            if facility.isascii() and facility.isdigit():  # a spec's facility=3 is text
+                facility = int(facility)
+            elif facility in FACILITIES:
+                facility = FACILITIES[facility]
+            else:
                 raise ValueError(f"syslog facility {facility!r}: expected one of {', '.join(FACILITIES)} or 0-23")
-            facility = FACILITIES[facility]
         if not 0 <= int(facility) <= 23:
             raise ValueError(f"syslog facility {facility}: expected 0-23")
         if queue_max < 1 or queue_max_bytes < 1:

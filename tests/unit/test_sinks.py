@@ -830,6 +830,7 @@ def test_parse_sink_good_specs(tmp_path):
     ("syslog:udp:::1:514", "IPv6 address goes in brackets"),
     ("syslog:unix:", "needs a socket path"),
     ("syslog:unix:/dev/log?facility=local9", "syslog facility 'local9'"),
+    ("syslog:unix:/dev/log?facility=24", "syslog facility 24: expected 0-23"),
     ("syslog:unix:/dev/log?bom=maybe", "bom: expected 1/0"),
     ("http:https://siem.example/ingest", "needs spool=DIR"),
     ("http:ftp://siem.example/x?spool=/tmp/s", "is not an http:// or https:// URL"),
@@ -843,6 +844,12 @@ def test_parse_sink_errors(spec, message, tmp_path):
         parse_sink(spec)
     text = str(err.value)
     assert message in text and "\n" not in text and text.startswith(f"sink {spec!r}: ")
+
+
+def test_parse_sink_numeric_facility():
+    s = parse_sink("syslog:udp:127.0.0.1:9?facility=3")  # "or 0-23", as the error for a bad one says
+    s.close(0)
+    assert s.facility == 3
 
 
 def test_parse_sink_bad_spec_has_no_side_effect(tmp_path):
