@@ -25,6 +25,9 @@ What each one guarantees:
   chunk that failed (a duplicate is possible), but plain syslog has no
   acknowledgement: bytes in the kernel's buffers when a connection breaks can
   be lost unseen (RELP would be needed to know). UDP is fire-and-forget.
+  Over udp and tcp a message is RFC 5424; to a unix socket (/dev/log) it is
+  what glibc's syslog(3) writes there, the only syntax its readers parse
+  (journald; rsyslog's imuxsock by default): rfc5424= chooses otherwise.
 - HttpSink appends every record to an on-disk spool (segment files) in
   submit, before it counts as queued; a thread POSTs the spool in order, one
   batch in flight at a time, and a segment is deleted once all its records
@@ -405,6 +408,36 @@ def syslog_message(record: dict, payload: bytes, *, facility: int = 16, hostname
     return head.encode() + (BOM + payload if bom else payload)
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def local_timestamp(epoch_s: float) -> str:
+    """"Dec  3 16:50:51": syslog(3)'s "%h %e %T" in local time, month names in English whatever the locale."""
+    t = time.localtime(epoch_s)
+    return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
+def syslog_tag(app_name: str) -> str:
+    """The TAG of a local message: readers end it at "[", ":" or a space, so those become "_" (at most 32)."""
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "[]:" else "_" for c in app_name)[:32] or "-"
+
+
+def syslog_local_message(record: dict, payload: bytes, *, facility: int = 16, tag: str = "agentwatch",
+                         procid: str = "-", timestamp: str | None = None) -> bytes:
+    """<PRI>TIMESTAMP TAG[PID]: MSG, as glibc's syslog(3) writes to /dev/log (RFC 3164 without HOSTNAME).
+
+    journald reads nothing else on /dev/log (systemd issue #19251), nor does
+    rsyslog's imuxsock with its default special parser: an RFC 5424 message
+    there comes out with app-name "1" and its whole header in the text. The
+    timestamp (local time, no year, no zone, whole seconds) is now's; both
+    replace it with the time of receipt by default, and the record's own
+    time is in the JSON. No MSGID, no hostname (the reader adds its own).
+    """
+    pri = facility * 8 + syslog_severity(record)
+    ts = timestamp if timestamp is not None else local_timestamp(time.time())
+    return f"<{pri}>{ts} {tag}[{procid}]: ".encode() + payload
+
+
 def octet_frame(message: bytes) -> bytes:
     """RFC 6587 octet counting: MSG-LEN SP SYSLOG-MSG."""
     return b"%d " % len(message) + message
@@ -538,9 +571,12 @@ class _TcpTransport(_Transport):
 
 
 class SyslogSink(SinkBase):
-    """RFC 5424 messages to a syslog receiver, from a bounded in-memory queue and a thread of its own.
+    """Syslog messages to a receiver, from a bounded in-memory queue and a thread of its own.
 
     target: unix:PATH (datagram), udp:HOST:PORT, tcp:HOST:PORT (octet-counted).
+    rfc5424: RFC 5424 messages (syslog_message) or, False, the local syntax
+    of syslog(3) (syslog_local_message); by default RFC 5424 over udp and
+    tcp, the local syntax to a unix socket. bom and hostname are RFC 5424's.
     The queue holds at most queue_max messages and queue_max_bytes bytes;
     past either, the oldest is dropped and counted ("queue_full").
     """
@@ -552,7 +588,8 @@ class SyslogSink(SinkBase):
     def __init__(self, target: str, app_name: str = "agentwatch", hostname: str | None = None,
                  facility: str | int = "local0", encode: Encode = encode_json, name: str | None = None,
                  queue_max: int = 100_000, queue_max_bytes: int = 64 * MIB, bom: bool = False,
-                 timeout_s: float = 5.0, retry_base_s: float = 0.1, retry_cap_s: float = 30.0) -> None:
+                 timeout_s: float = 5.0, retry_base_s: float = 0.1, retry_cap_s: float = 30.0,
+                 rfc5424: bool | None = None) -> None:
         super().__init__(name or f"syslog:{target}")
         self.target = target
         self.proto, address = parse_syslog_target(target)
@@ -569,6 +606,9 @@ class SyslogSink(SinkBase):
             raise ValueError("syslog sink: queue_max and queue_max_bytes must be positive")
         self.facility = int(facility)
         self.app_name = _printusascii(app_name, 48)
+        self.rfc5424 = self.proto != "unix" if rfc5424 is None else bool(rfc5424)
+        self.tag = syslog_tag(app_name)
+        self._stamp: tuple[int, str] = (-1, "")  # (second, its local timestamp): one strftime a second
         self.hostname = _printusascii(hostname or socket.gethostname(), 255)
         self.procid = str(os.getpid())
         self.encode, self.bom = encode, bom
@@ -588,8 +628,14 @@ class SyslogSink(SinkBase):
         payload = self._encode_or_drop(self.encode, record)
         if payload is None:
             return None
-        return syslog_message(record, payload, facility=self.facility, hostname=self.hostname,
-                              app_name=self.app_name, procid=self.procid, bom=self.bom)
+        if self.rfc5424:
+            return syslog_message(record, payload, facility=self.facility, hostname=self.hostname,
+                                  app_name=self.app_name, procid=self.procid, bom=self.bom)
+        now = time.time()
+        if int(now) != self._stamp[0]:
+            self._stamp = (int(now), local_timestamp(now))
+        return syslog_local_message(record, payload, facility=self.facility, tag=self.tag, procid=self.procid,
+                                    timestamp=self._stamp[1])
 
     def submit(self, record: dict) -> None:
         msg = self.message(record)
@@ -1371,7 +1417,8 @@ class SinkSet:
 # --- command-line specs -------------------------------------------------------------------------
 
 SPEC_HELP = ("file:PATH[?max_bytes=100M&max_age_s=1d&keep=10], "
-             "syslog:unix:PATH|udp:HOST:PORT|tcp:HOST:PORT[?facility=local0&app_name=..&hostname=..&bom=0], "
+             "syslog:unix:PATH|udp:HOST:PORT|tcp:HOST:PORT[?facility=local0&app_name=..&hostname=..&bom=0"
+             "&rfc5424=0|1], "
              "http:URL?spool=DIR[&token_file=F&body=lines|array&spool_max_bytes=256M&batch_max=500&flush_s=1"
              "&timeout_s=5&ca_file=F&url.NAME=VALUE]")
 _SIZE_RE = re.compile(r"(\d+)\s*([kKmMgG]?)(i?[bB])?")
@@ -1415,7 +1462,7 @@ _OPTIONS: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
              "mode": ("mode", lambda t: int(t, 8))},
     "syslog": {"app_name": ("app_name", str), "hostname": ("hostname", str), "facility": ("facility", str),
                "bom": ("bom", _bool), "queue_max": ("queue_max", _int), "queue_max_bytes": ("queue_max_bytes", parse_size),
-               "timeout_s": ("timeout_s", parse_duration)},
+               "timeout_s": ("timeout_s", parse_duration), "rfc5424": ("rfc5424", _bool)},
     "http": {"spool": ("spool_dir", str), "spool_dir": ("spool_dir", str), "token_file": ("token_file", str),
              "body": ("body", str), "spool_max_bytes": ("spool_max_bytes", parse_size),
              "batch_max": ("batch_max", _int), "batch_max_bytes": ("batch_max_bytes", parse_size),

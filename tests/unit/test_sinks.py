@@ -295,22 +295,54 @@ def test_syslog_queue_full_drops_the_oldest_counted_and_told():
     rx.close()
 
 
-def test_syslog_udp_and_unix(tmp_path):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    unix.bind(str(tmp_path / "log"))
-    for rx, target in ((udp, f"udp:127.0.0.1:{udp.getsockname()[1]}"), (unix, f"unix:{tmp_path / 'log'}")):
-        rx.settimeout(5)
-        sink = SyslogSink(target, facility="user", app_name="aw test")
-        for i in range(50):
-            sink.submit(rec(i, "alert", severity="high"))
-        got = [parse5424(rx.recv(65536)) for _ in range(50)]  # (a unix receiver's queue holds few datagrams)
-        assert sink.wait_idle(5)
-        sink.close(1)
-        assert [json.loads(m["msg"])["seq"] for m in got] == list(range(50))
-        assert {(m["facility"], m["severity"], m["app"], m["msgid"]) for m in got} == {(1, 3, "aw_test", "alert")}
-        rx.close()
+LOCAL = re.compile(rb"<(\d{1,3})>([A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d:\d\d) ([^\[\]: ]+)\[(\d+)\]: (.*)", re.S)
+
+
+def parse_local(msg: bytes) -> dict:
+    """<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG, as glibc's syslog(3) writes to /dev/log."""
+    m = LOCAL.fullmatch(msg)
+    assert m, msg[:200]
+    pri = int(m.group(1))
+    return {"facility": pri // 8, "severity": pri % 8, "time": m.group(2).decode(), "app": m.group(3).decode(),
+            "procid": m.group(4).decode(), "msgid": None, "msg": m.group(5)}
+
+
+def test_syslog_local_message_fields():
+    r = rec(1, "alert", severity="medium")
+    m = parse_local(sinks.syslog_local_message(r, orjson.dumps(r), facility=sinks.FACILITIES["local3"],
+                                               tag=sinks.syslog_tag("aw: [x] y"), procid="42"))
+    assert (m["facility"], m["severity"], m["app"], m["procid"]) == (19, 4, "aw___x__y", "42")
+    assert json.loads(m["msg"]) == r
+    local = time.mktime((2026, 3, 5, 7, 8, 9, 0, 0, -1))
+    assert sinks.local_timestamp(local) == "Mar  5 07:08:09"  # local time, the day padded with a space (%e)
+
+
+@pytest.mark.parametrize("transport,rfc5424", [("udp", None), ("unix", None), ("udp", False), ("unix", True)])
+def test_syslog_udp_and_unix(tmp_path, transport, rfc5424):
+    """udp: RFC 5424 by default; unix (/dev/log): the local syntax of syslog(3) by default."""
+    if transport == "udp":
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        target = f"udp:127.0.0.1:{rx.getsockname()[1]}"
+    else:
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(str(tmp_path / "log"))
+        target = f"unix:{tmp_path / 'log'}"
+    rx.settimeout(5)
+    sink = SyslogSink(target, facility="user", app_name="aw test", rfc5424=rfc5424)
+    as5424 = transport != "unix" if rfc5424 is None else rfc5424
+    assert sink.rfc5424 == as5424
+    for i in range(50):
+        sink.submit(rec(i, "alert", severity="high"))
+    parse = parse5424 if as5424 else parse_local
+    got = [parse(rx.recv(65536)) for _ in range(50)]  # (a unix receiver's queue holds few datagrams)
+    assert sink.wait_idle(5)
+    sink.close(1)
+    assert [json.loads(m["msg"])["seq"] for m in got] == list(range(50))
+    msgid = "alert" if as5424 else None
+    assert {(m["facility"], m["severity"], m["app"], m["msgid"]) for m in got} == {(1, 3, "aw_test", msgid)}
+    assert {m["procid"] for m in got} == {str(os.getpid())}
+    rx.close()
 
 
 def test_syslog_unix_too_large_is_counted(tmp_path):
@@ -322,7 +354,7 @@ def test_syslog_unix_too_large_is_counted(tmp_path):
     assert sink.wait_idle(5)
     sink.close(1)
     rx.settimeout(5)
-    assert json.loads(parse5424(rx.recv(65536))["msg"])["seq"] == 1
+    assert json.loads(parse_local(rx.recv(65536))["msg"])["seq"] == 1
     assert sink.stats()["dropped_by_reason"] == {"too_large": 1}
 
 
@@ -801,7 +833,13 @@ def test_parse_sink_good_specs(tmp_path):
     assert isinstance(s, SyslogSink) and (s.facility, s.app_name, s.bom, s.proto) == (19, "aw", True, "tcp")
     s.close(0)
     s = parse_sink("syslog:udp:[::1]:514")
-    assert s._transport.address == ("::1", 514)
+    assert s._transport.address == ("::1", 514) and s.rfc5424
+    s.close(0)
+    s = parse_sink("syslog:unix:/dev/log")
+    assert not s.rfc5424  # what /dev/log's readers parse
+    s.close(0)
+    s = parse_sink("syslog:unix:/run/rsyslog-5424.sock?rfc5424=1")
+    assert s.rfc5424
     s.close(0)
     (tmp_path / "tok").write_text("t")
     h = parse_sink(f"http:https://siem.example/ingest?token_file={tmp_path}/tok&body=array&spool={tmp_path}/sp"
