@@ -1,10 +1,11 @@
 """A real rsyslogd of the caller's own, for tests/scenarios/test_rsyslog.py and bench/sinks.py.
 
 One rsyslogd per Rsyslogd, started from a config written into its directory: no system input
-(imuxsock with SysSock.Use="off", so /dev/log is left alone), a unix datagram socket of its own,
-imudp and imtcp bound to 127.0.0.1 on free ports (loopback only: no address or route is added),
-and its own workDirectory and pid file. Everything those inputs receive goes, through one
-ruleset (so rsyslogd's own messages stay out), to one file:
+(imuxsock with SysSock.Use="off", so /dev/log is left alone), two unix datagram sockets of its
+own ("log" read as /dev/log is by default, with imuxsock's special parser for syslog(3)'s syntax;
+"log5424" with the RFC 5424 parser), imudp and imtcp bound to 127.0.0.1 on free ports (loopback
+only: no address or route is added), and its own workDirectory and pid file. Everything those
+inputs receive goes, through one ruleset (so rsyslogd's own messages stay out), to one file:
 
 - template "fields": a JSON object a line with what rsyslog parsed (app-name, procid, msgid,
   facility, severity, the reported time as RFC 3339, hostname, structured data, the input, msg);
@@ -61,6 +62,7 @@ class Rsyslogd:
         self.work = self.dir / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "log"
+        self.socket5424 = self.dir / "log5424"
         self.out = self.dir / "out.log"
         self.conf = self.dir / "rsyslog.conf"
         self.pidfile = self.dir / "rsyslogd.pid"
@@ -73,9 +75,9 @@ class Rsyslogd:
         self.starts = 0
 
     def target(self, proto: str) -> str:
-        """The SyslogSink target of one of its inputs: unix, udp or tcp."""
-        return {"unix": f"unix:{self.socket}", "udp": f"udp:127.0.0.1:{self.udp_port}",
-                "tcp": f"tcp:127.0.0.1:{self.tcp_port}"}[proto]
+        """The SyslogSink target of one of its inputs: unix, unix5424, udp or tcp."""
+        return {"unix": f"unix:{self.socket}", "unix5424": f"unix:{self.socket5424}",
+                "udp": f"udp:127.0.0.1:{self.udp_port}", "tcp": f"tcp:127.0.0.1:{self.tcp_port}"}[proto]
 
     def config(self) -> str:
         return f"""global(workDirectory="{self.work}" maxMessageSize="{self.max_message_size}")
@@ -86,10 +88,12 @@ module(load="imtcp")
 ruleset(name="aw") {{
   action(type="omfile" file="{self.out}" template="out")
 }}
-# UseSpecialParser off: the RFC 5424 parser reads what the sink sends (the special one would take
-# only a legacy header); IgnoreTimestamp off: keep the sender's timestamp (imuxsock's default
-# replaces it with the time of receipt).
-input(type="imuxsock" Socket="{self.socket}" UseSpecialParser="off" ParseHostname="on" IgnoreTimestamp="off"
+# "log": imuxsock's defaults, as a distribution's rsyslog reads /dev/log (the special parser, for
+# syslog(3)'s syntax only; the time of receipt, not the sender's timestamp; the local hostname).
+input(type="imuxsock" Socket="{self.socket}" Ruleset="aw")
+# "log5424": UseSpecialParser off, so that the RFC 5424 parser reads it; keep the sender's
+# timestamp and hostname.
+input(type="imuxsock" Socket="{self.socket5424}" UseSpecialParser="off" ParseHostname="on" IgnoreTimestamp="off"
       Ruleset="aw")
 input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="aw")
 input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="aw")
@@ -104,7 +108,7 @@ input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="aw")
                                          stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
         self.starts += 1
         nonce = uuid.uuid4().hex
-        pending = {"unix", "udp", "tcp"}
+        pending = {"unix", "unix5424", "udp", "tcp"}
         deadline = time.monotonic() + timeout
         while pending:
             if self.proc.poll() is not None:
@@ -120,8 +124,11 @@ input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="aw")
             pending = {p for p in pending if f"{nonce}-{p}-{self.starts}" not in text}
 
     def _probe(self, proto: str, word: str) -> None:
-        """One RFC 5424 message through one input; nothing if that input is not listening yet."""
-        msg = f"<14>1 - - {PROBE_APP} - {proto} - {word}".encode()
+        """One message through one input; nothing if that input is not listening yet."""
+        if proto == "unix":  # syslog(3)'s syntax, the only one its special parser reads
+            msg = f"<14>{time.strftime('%b %e %H:%M:%S')} {PROBE_APP}[1]: {word}".encode()
+        else:
+            msg = f"<14>1 - - {PROBE_APP} - {proto} - {word}".encode()
         try:
             if proto == "tcp":
                 with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1) as s:
@@ -129,9 +136,11 @@ input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}" ruleset="aw")
             elif proto == "udp":
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.sendto(msg, ("127.0.0.1", self.udp_port))
-            elif self.socket.exists():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                    s.sendto(msg, str(self.socket))
+            else:
+                path = self.socket if proto == "unix" else self.socket5424
+                if path.exists():
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                        s.sendto(msg, str(path))
         except OSError:
             pass
 

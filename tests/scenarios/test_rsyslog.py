@@ -1,17 +1,20 @@
 """SyslogSink against a real rsyslogd (tests/scenarios/rsyslog.py): what rsyslog parses is what the sink meant.
 
-rsyslogd runs with inputs of its own (a unix socket in tmp, imudp and imtcp on 127.0.0.1) and writes
-what it parsed of each message (app-name, procid, msgid, facility, severity, time, hostname, msg) as
-JSON lines. For each transport the sink's records must come back field for field, the msg being the
-JSON the sink encoded; the TCP sink must get every record through an rsyslogd restart, in order; and
-a message over rsyslog's maxMessageSize shows what each transport does with it.
+rsyslogd runs with inputs of its own (two unix sockets in tmp: one read as a distribution reads
+/dev/log, one with the RFC 5424 parser; imudp and imtcp on 127.0.0.1) and writes what it parsed of
+each message (app-name, procid, msgid, facility, severity, time, hostname, msg) as JSON lines. For
+each transport the sink's records must come back field for field, the msg being the JSON the sink
+encoded; the TCP sink must get every record through an rsyslogd restart, in order; and a message
+over rsyslog's maxMessageSize shows what each transport does with it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import socket
 import time
 
 import orjson
@@ -72,18 +75,32 @@ def rsyslog(tmp_path_factory):
         d.stop()
 
 
+def sink_for(rs: Rsyslogd, proto: str, **kw) -> SyslogSink:
+    """unix: the sink's default for a unix socket (syslog(3)'s syntax); unix5424: rfc5424=1 to the socket
+    read by the RFC 5424 parser; udp, tcp: RFC 5424 (their default)."""
+    if proto == "unix5424":
+        kw["rfc5424"] = True
+    return SyslogSink(rs.target(proto), **kw)
+
+
+def text(m: dict) -> str:
+    """msg without the space rsyslog keeps after "TAG[PID]:" in syslog(3)'s syntax."""
+    return m["msg"][1:] if m["msg"].startswith(" ") else m["msg"]
+
+
 def delivered(sink: SyslogSink, timeout: float = 10.0) -> dict:
     assert sink.wait_idle(timeout), sink.stats()
     sink.close(1)
     return sink.stats()
 
 
-@pytest.mark.parametrize("proto", ["unix", "udp", "tcp"])
+@pytest.mark.parametrize("proto", ["unix", "unix5424", "udp", "tcp"])
 def test_rsyslog_parses_every_field(rsyslog, proto):
     app = f"aw-fields-{proto}"
     # 60: a burst UDP on loopback cannot lose (the datagrams fit rsyslog's socket buffer unread)
     recs = records(60)
-    sink = SyslogSink(rsyslog.target(proto), app_name=app, hostname=HOST, facility="local3")
+    sink = sink_for(rsyslog, proto, app_name=app, hostname=HOST, facility="local3")
+    t0 = datetime.datetime.now(datetime.timezone.utc)
     for r in recs:
         sink.submit(r)
     st = delivered(sink)
@@ -92,22 +109,48 @@ def test_rsyslog_parses_every_field(rsyslog, proto):
     got = rsyslog.wait_messages(app, len(recs))
     assert len(got) == len(recs), f"{len(got)} of {len(recs)} arrived: {rsyslog.log()[-1000:]}"
     assert [json.loads(m["msg"]) for m in got] == recs  # every record as it was, in order
-    assert [m["msg"].encode() for m in got] == [orjson.dumps(r) for r in recs]  # byte for byte
-    for m, r in zip(got, recs):
-        assert (m["app"], m["procid"], m["host"], m["sd"]) == (app, str(os.getpid()), HOST, "-")
-        assert int(m["facility"]) == LOCAL3
-        assert m["time"] == syslog_timestamp(r["time"])  # the record's time (cut to microseconds)
-    assert [(m["msgid"], int(m["severity"])) for m in got[:3]] == [("alert", 3), ("connect", 6), ("exec", 6)]
+    assert [text(m).encode() for m in got] == [orjson.dumps(r) for r in recs]  # byte for byte
+    assert {(m["app"], m["procid"], m["sd"], int(m["facility"])) for m in got} == {
+        (app, str(os.getpid()), "-", LOCAL3)}
+    assert [int(m["severity"]) for m in got[:3]] == [3, 6, 6]  # alert high, events info
+    assert {m["input"] for m in got} == {"imudp" if proto == "udp" else "imtcp" if proto == "tcp" else "imuxsock"}
+    if proto == "unix":
+        # syslog(3)'s syntax has no MSGID and no hostname; as /dev/log is read by default, rsyslog gives the
+        # time of receipt and its own host name (the record's own time is in the JSON)
+        assert {(m["msgid"], m["host"]) for m in got} == {("-", socket.gethostname().split(".")[0])}
+        assert all(m["msg"].startswith(" ") for m in got)  # rsyslog keeps the space after "TAG[PID]:"
+        times = {datetime.datetime.fromisoformat(m["time"]) for m in got}
+        assert all(abs((t - t0).total_seconds()) < 60 for t in times), times
+        return
+    assert [m["msgid"] for m in got[:3]] == ["alert", "connect", "exec"]
+    assert {m["host"] for m in got} == {HOST}
+    assert [m["time"] for m in got] == [syslog_timestamp(r["time"]) for r in recs]  # cut to microseconds
     assert got[0]["time"] == "2026-12-03T07:52:56.892377Z" and got[2]["time"] == "2026-12-03T07:52:57Z"
-    assert {m["input"] for m in got} == {{"unix": "imuxsock", "udp": "imudp", "tcp": "imtcp"}[proto]}
+
+
+def test_rfc5424_is_misread_where_dev_log_is_read_by_default(rsyslog):
+    """Why a unix socket gets syslog(3)'s syntax: rsyslog's imuxsock with its defaults (as a distribution
+    reads /dev/log; journald reads only that syntax too, systemd issue #19251) takes "<PRI>1 ..." as a
+    legacy message: app-name "1", the whole RFC 5424 header left in msg."""
+    r = {**records(3)[1], "case": "misread"}
+    sink = SyslogSink(rsyslog.target("unix"), app_name="aw-misread", hostname=HOST, rfc5424=True)
+    sink.submit(r)
+    delivered(sink)
+    payload = orjson.dumps(r).decode()
+    deadline = time.monotonic() + 10
+    while not (got := [m for m in rsyslog.messages() if m["msg"].endswith(payload)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (m,) = got  # one message, under the wrong app-name
+    assert (m["app"], m["msgid"]) == ("1", "-")
+    assert m["msg"].startswith(f" {syslog_timestamp(r['time'])} {HOST} aw-misread {os.getpid()} connect - ")
 
 
 @pytest.mark.parametrize("proto", ["unix", "tcp"])
 def test_an_encoder_with_line_breaks_stays_one_message(rsyslog, proto):
     app = f"aw-indent-{proto}"
     recs = records(5)
-    sink = SyslogSink(rsyslog.target(proto), app_name=app, hostname=HOST,
-                      encode=lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2))
+    sink = sink_for(rsyslog, proto, app_name=app, hostname=HOST,
+                    encode=lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2))
     for r in recs:
         sink.submit(r)
     delivered(sink)
@@ -120,7 +163,7 @@ def test_bom_is_kept_in_msg_by_rsyslog(rsyslog):
     consumer of msg must strip it before parsing the JSON: why bom is off by default."""
     app = "aw-bom"
     r = records(3)[2]
-    sink = SyslogSink(rsyslog.target("unix"), app_name=app, bom=True)
+    sink = sink_for(rsyslog, "unix5424", app_name=app, bom=True)
     sink.submit(r)
     delivered(sink)
     (m,) = rsyslog.wait_messages(app, 1)
@@ -169,14 +212,14 @@ def big(seq: int, size: int, fill: str) -> dict:
     return {"kind": "event", "type": "exec", "time": "2026-12-03T07:52:58Z", "seq": seq, "blob": fill * size}
 
 
-@pytest.mark.parametrize("proto,kernel_limit", [("unix", 400_000), ("udp", 70_000)])
+@pytest.mark.parametrize("proto,kernel_limit", [("unix", 400_000), ("unix5424", 400_000), ("udp", 70_000)])
 def test_oversize_datagram(rsyslog, proto, kernel_limit):
     """Datagrams: one over maxMessageSize is cut to maxMessageSize bytes by rsyslog (the rest of the
     datagram is gone, the JSON broken, rsyslog says nothing); one the kernel refuses (EMSGSIZE: past the
     unix socket's send buffer, past 65507 bytes for UDP) is counted by the sink as too_large. The
     records after them arrive whole."""
     app = f"aw-oversize-{proto}"
-    sink = SyslogSink(rsyslog.target(proto), app_name=app, hostname=HOST)
+    sink = sink_for(rsyslog, proto, app_name=app, hostname=HOST)
     over, refused, after = big(1, 20_000, "x"), big(2, kernel_limit, "y"), big(3, 10, "z")
     for r in (over, refused, after):
         sink.submit(r)
@@ -188,7 +231,7 @@ def test_oversize_datagram(rsyslog, proto, kernel_limit):
     message = sink.message(over)
     payload = orjson.dumps(over)
     header = len(message) - len(payload)
-    assert got[0]["msg"].encode() == payload[:MAX - header]  # cut at maxMessageSize, header included
+    assert text(got[0]).encode() == payload[:MAX - header]  # cut at maxMessageSize, header included
     with pytest.raises(json.JSONDecodeError):
         json.loads(got[0]["msg"])
     assert json.loads(got[1]["msg"]) == after
