@@ -57,8 +57,8 @@ def connect(t: float, process: dict, dport: int = 80, daddr: str = "10.0.0.1", s
     return record(t, process, network={"daddr": daddr, "dport": dport, "scope": scope})
 
 
-def fork(t: float, parent: dict) -> dict:
-    return record(t, parent, type="fork")
+def exec_(t: float, process: dict) -> dict:
+    return record(t, process, type="exec")
 
 
 # The agent's tree for a fan-out: root (sh, pid 1) -> bash (10) -> xargs (50) -> nc (1000 + i).
@@ -91,10 +91,10 @@ def test_a_fan_out_scan_stays_under_a_per_process_threshold():
 @pytest.mark.parametrize("by", ["agent", "lineage"])
 def test_a_fan_out_scan_fires_once_and_names_the_common_ancestor(by):
     eng = threshold(by, count=100)
-    alerts = feed(eng, [fork(0, ROOT_PROC), fork(0, BASH), fork(0, XARGS)] + fanout(120, t0=0.1))
+    alerts = feed(eng, [exec_(0, ROOT_PROC), exec_(0, BASH), exec_(0, XARGS)] + fanout(120, t0=0.1))
     (alert,) = alerts  # the rest of the scan is in the quiet window
     assert alert["count"] == 100
-    assert alert["process"] == XARGS  # whole, as its fork record gave it: argv, key
+    assert alert["process"] == XARGS  # whole, as its exec record gave it: argv, key
     assert alert["message"] == "xargs (pid 50): 10.0.0.1:100"
     assert alert["network"]["dport"] == 100 and alert["evidence"][-1]["process"]["pid"] == 1099
     inv = alert["involved"]
@@ -106,14 +106,14 @@ def test_a_fan_out_scan_fires_once_and_names_the_common_ancestor(by):
     jsonschema.validate(alert, SCHEMA)
 
 
-def test_engine_reads_forks_for_agent_and_lineage_thresholds():
+def test_engine_reads_execs_for_agent_and_lineage_thresholds():
     assert threshold("process").types == {"connect"}
-    assert threshold("agent").types == {"connect", "fork"}
-    assert threshold("lineage").types == {"connect", "fork"}
+    assert threshold("agent").types == {"connect", "exec"}
+    assert threshold("lineage").types == {"connect", "exec"}
 
 
 def test_without_the_ancestors_record_the_alert_still_says_who_it_is():
-    """No fork record of xargs (it started before the watch): its ancestry entry, the last record's process."""
+    """No exec record of xargs (it started before the watch): its ancestry entry, the last record's process."""
     (alert,) = feed(threshold("agent", count=20), fanout(20))
     assert alert["involved"]["ancestor"] == brief(50, "xargs")
     assert alert["process"]["pid"] == 1019
@@ -122,7 +122,7 @@ def test_without_the_ancestors_record_the_alert_still_says_who_it_is():
 
 def test_a_reused_pid_is_not_taken_for_the_ancestor():
     other = proc(50, "python3", (ROOT, "sh"))
-    (alert,) = feed(threshold("agent", count=20), [fork(0, XARGS), fork(0.05, other)] + fanout(20, t0=0.1))
+    (alert,) = feed(threshold("agent", count=20), [exec_(0, XARGS), exec_(0.05, other)] + fanout(20, t0=0.1))
     assert alert["involved"]["ancestor"] == brief(50, "xargs")
     assert alert["process"]["pid"] == 1019  # not the python3 that has pid 50 now
 
@@ -130,7 +130,7 @@ def test_a_reused_pid_is_not_taken_for_the_ancestor():
 def test_the_agent_root_can_be_the_culprit():
     """A loop in the root itself: some probes by the root, some by its subshells."""
     sub = [proc(200 + i, "sh", (ROOT, "sh")) for i in range(5)]
-    recs = [fork(0, ROOT_PROC)] + [connect(0.1 + i / 100, ROOT_PROC, dport=i + 1) for i in range(5)]
+    recs = [exec_(0, ROOT_PROC)] + [connect(0.1 + i / 100, ROOT_PROC, dport=i + 1) for i in range(5)]
     recs += [connect(0.2 + i / 100, sub[i], dport=100 + i) for i in range(5)]
     (alert,) = feed(threshold("agent", count=10), recs)
     assert alert["process"] == ROOT_PROC and alert["involved"]["ancestor"] == brief(ROOT, "sh")
@@ -160,7 +160,7 @@ def test_ancestors_outside_the_agent_are_not_culprits():
     agent = dict(AGENT, root_pid=None)
     init = proc(20, "tini", (5, "containerd-shim"), (2, "systemd"))
     workers = [proc(100 + i, "sh", (20, "tini"), (5, "containerd-shim"), (2, "systemd")) for i in range(3)]
-    recs = [fork(0, init)] + [connect(0.1 + i / 100, workers[i % 3], dport=i + 1) for i in range(9)]
+    recs = [exec_(0, init)] + [connect(0.1 + i / 100, workers[i % 3], dport=i + 1) for i in range(9)]
     for r in recs:
         r["agent"] = agent
     (alert,) = feed(threshold("agent", count=9), recs)
@@ -177,7 +177,7 @@ def test_lineage_names_the_deepest_process_whose_subtree_reached_the_count():
     """Two commands of the agent, one fan-out each: one alert per command, each naming its xargs."""
     xa = proc(50, "xargs", (10, "bash"), (ROOT, "sh"))
     xb = proc(60, "xargs", (11, "bash"), (ROOT, "sh"))
-    recs = [fork(0, xa), fork(0, xb)]
+    recs = [exec_(0, xa), exec_(0, xb)]
     for i in range(30):  # interleaved
         recs.append(connect(0.1 + i / 100, proc(1000 + i, "nc", (50, "xargs"), (10, "bash"), (ROOT, "sh")), dport=i + 1))
         recs.append(connect(0.1 + i / 100, proc(2000 + i, "nc", (60, "xargs"), (11, "bash"), (ROOT, "sh")), dport=i + 101))
@@ -185,14 +185,14 @@ def test_lineage_names_the_deepest_process_whose_subtree_reached_the_count():
     assert [a["process"]["pid"] for a in got] == [50, 60]
     assert [a["involved"]["count"] for a in got] == [30, 30]
     # by agent the two together are one scan, and their common ancestor is the root
-    root_recs = [fork(0, ROOT_PROC)] + recs
+    root_recs = [exec_(0, ROOT_PROC)] + recs
     (alert,) = feed(threshold("agent", count=60), root_recs)
     assert alert["process"] == ROOT_PROC
 
 
 def test_lineage_counts_a_subtree_spread_over_siblings_at_their_parent():
     """bash runs two xargs, 20 probes each: neither reaches 30, the bash that ran both does."""
-    recs = [fork(0, BASH)]
+    recs = [exec_(0, BASH)]
     for i in range(20):
         recs.append(connect(0.1 + i / 100, proc(1000 + i, "nc", (50, "xargs"), (10, "bash"), (ROOT, "sh")), dport=i + 1))
         recs.append(connect(0.1 + i / 100, proc(2000 + i, "nc", (51, "xargs"), (10, "bash"), (ROOT, "sh")), dport=i + 101))
@@ -270,7 +270,7 @@ def test_one_alert_per_window_then_afresh():
 def test_kill_process_names_the_ancestor():
     from tracer.actions import select
 
-    (alert,) = feed(threshold("agent", count=10, action="kill_process"), [fork(0, XARGS)] + fanout(10, t0=0.1))
+    (alert,) = feed(threshold("agent", count=10, action="kill_process"), [exec_(0, XARGS)] + fanout(10, t0=0.1))
     assert select(alert) == ("kill_process", [50])
 
 
@@ -281,7 +281,7 @@ def test_kill_process_names_the_ancestor():
 def test_lineage_state_is_bounded_and_expires(monkeypatch):
     monkeypatch.setattr(engine_mod, "MAX_KEYS", 50)
     eng = threshold("lineage", count=10_000, within=10)
-    feed(eng, [r for i, c in enumerate(fanout(200)) for r in (fork(c["time"], probe(i)), c)])
+    feed(eng, [r for i, c in enumerate(fanout(200)) for r in (exec_(c["time"], probe(i)), c)])
     assert eng.state_size() == 50  # most of them the probes' own one-record windows
     assert len(eng._lineages.seen) == 50
     feed(eng, [connect(100, probe(999), dport=7)])
@@ -294,3 +294,18 @@ def test_the_alert_lists_a_bounded_number_of_processes():
     assert len(inv["processes"]) == engine_mod.INVOLVED_MAX and inv["count"] == 1000
     assert inv["more"] == 1000 - engine_mod.INVOLVED_MAX
     assert len(alert["evidence"]) == engine_mod.EVIDENCE_MAX
+
+
+def test_with_processes_a_window_opens_with_the_first_descendant():
+    """processes: 2 keeps no window for a probe that never forks; a shell that probes itself and then
+    through subshells is still named: its own early probes count in the window above it."""
+    eng = threshold("lineage", count=20, processes=2)
+    feed(eng, fanout(10))
+    assert set(eng._machines[0].state) == {(AGENT["id"], 50), (AGENT["id"], 10)}  # no window per probe
+    eng = threshold("lineage", count=20, processes=2)
+    loop = proc(60, "bash", (10, "bash"), (ROOT, "sh"))
+    recs = [connect(1 + i / 100, loop, dport=200 + i) for i in range(10)]  # before it has children
+    recs += [connect(2 + i / 100, proc(3000 + i, "bash", (60, "bash"), (10, "bash"), (ROOT, "sh")), dport=300 + i)
+             for i in range(10)]
+    (alert,) = feed(eng, recs)  # at bash 10's window, whose processes all descend from the loop
+    assert alert["process"] == loop and alert["involved"]["count"] == 11

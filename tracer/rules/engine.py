@@ -60,10 +60,10 @@ class Engine:
         for t, entries in singles.items():
             self._single[t] = _Plan(entries)
         # Record types any rule reads; an agent or lineage threshold also learns who the ancestors
-        # are from fork records (their process is the parent).
+        # are from exec records (not forks: a replay would then decode a quarter more records).
         self.types = frozenset(self._single) | frozenset(self._stateful)
         if self._lineages is not None:
-            self.types |= {"fork"}
+            self.types |= {"exec"}
 
     def evaluate(self, rec: dict) -> list[dict]:
         kind = rec.get("kind")
@@ -75,7 +75,7 @@ class Engine:
             t = "status"
         else:
             return []
-        if t == "fork" and self._lineages is not None:
+        if t == "exec" and self._lineages is not None:
             self._lineages.see(rec)
         out: list | None = None
         plan = self._single.get(t)
@@ -564,16 +564,18 @@ class Threshold(_Stateful):
 class _Lineages:
     """Who the ancestors of a record's process are inside its agent.
 
-    Holds the latest process object of each parent, per (agent id, pid),
-    from fork records (their process is the parent): an ancestor that forked
-    the processes of a window is known whole (argv, key) when an alert names
-    it. At most MAX_KEYS processes, the least recently seen dropped. The
-    chain of the record at hand is kept for the next rule.
+    Holds the process object of each exec record, per (agent id, pid): an
+    ancestor of the processes of a window (the xargs, the shell running the
+    loop) is known whole (argv, key) when an alert names it. A subshell that
+    never exec'd is not known. At most MAX_KEYS processes, the least
+    recently seen dropped. Also the processes that were ancestors in a
+    chain, and the chain of the record at hand (for the next rule).
     """
 
     def __init__(self) -> None:
         self.seen: OrderedDict = OrderedDict()
         self._last: tuple = (None, None)  # (record, its chain): the rules of one record share it
+        self.parents: OrderedDict = OrderedDict()  # (agent id, pid) of the ancestors in chains so far
 
     def see(self, rec: dict) -> None:
         p = rec.get("process")
@@ -590,13 +592,21 @@ class _Lineages:
         The ancestry (as recorded at fork) up to and including the agent's
         root; when the root is not in it (a sandbox's first process is not
         everyone's ancestor, ancestry stops at 16), up to the last ancestor
-        seen forking in this agent.
+        that exec'd in this agent.
         """
         last = self._last
         if last[0] is rec:
             return last[1]
         chain = self._chain(rec, aid)
         self._last = (rec, chain)
+        if chain is not None:
+            parents = self.parents
+            for pid in chain[1:]:
+                key = (aid, pid)
+                if key not in parents:
+                    parents[key] = None
+                    if len(parents) > MAX_KEYS:
+                        parents.popitem(last=False)
         return chain
 
     def _chain(self, rec: dict, aid: str) -> tuple | None:
@@ -708,9 +718,9 @@ class GroupThreshold(_Stateful):
                 return None
             nodes = chain[:-1] if len(chain) > 1 and chain[-1] == rec["agent"].get("root_pid") else chain
             keys = [(aid, pid) for pid in nodes]
-            if self.processes > 1 and keys[0] not in self.lineages.seen:
-                # A process that never forked has no descendants: a window of its own records
-                # alone could never hold two processes.
+            if self.processes > 1 and keys[0] not in self.lineages.parents:
+                # Alone, a process's own records can never be two processes: its window
+                # opens with its first descendant's record (a probe that never forks has none).
                 del keys[0]
         state = self.state
         for i, key in enumerate(keys):
