@@ -17,6 +17,8 @@ first. Then:
 
 from __future__ import annotations
 
+import sys
+
 import copy
 import ctypes as ct
 import ipaddress
@@ -228,11 +230,40 @@ def _fleet_records(raw) -> list[dict]:
     return pipe.writer.records
 
 
+def _pipe_link_records(session: list[dict]) -> list[dict]:
+    """A pipe_link as tracer/flows.py writes it, from two real processes joined by a real pipe (the
+    session's records have made-up pids, so /proc has nothing to link for them)."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from tracer.flows import FlowTracker  # noqa: PLC0415
+    from tracer.proctree import Process, read_stat  # noqa: PLC0415
+
+    connect = next(r for r in session if r.get("type") == "connect" and r["network"].get("scope") == "external")
+    r, w = os.pipe()
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    nc = subprocess.Popen(sleep, stdout=w)
+    sh = subprocess.Popen(sleep, stdin=r)
+    os.close(r), os.close(w)
+    try:
+        procs = [Process(p.pid, read_stat(p.pid).start_ticks, os.getpid(), comm=comm, exe=exe, argv=[exe], agent_id=1)
+                 for p, comm, exe in ((nc, b"nc", b"/usr/bin/nc"), (sh, b"sh", b"/bin/sh"))]
+        flows = FlowTracker()
+        flows.observe({**connect, "type": "exec", "exec": {"result": "ok"}}, procs[1])
+        links = flows.observe(connect, procs[0])
+    finally:
+        for p in (nc, sh):
+            p.kill()
+            p.wait()
+    assert len(links) == 1
+    return links
+
+
 @lru_cache(maxsize=1)
 def all_records(raw) -> tuple[dict, ...]:
     """Every kind of record; raw is conftest.RawRecords (the `raw` fixture)."""
     session, pipe = _session_records(raw)
-    return tuple(session + _gpu_and_status_records(raw, pipe) + _fleet_records(raw))
+    return tuple(session + _gpu_and_status_records(raw, pipe) + _fleet_records(raw) + _pipe_link_records(session))
 
 
 def _shape(rec: dict) -> str:
@@ -584,7 +615,8 @@ def test_every_record_converts_to_valid_ocsf(recs):
 
 
 CLASS_OF = {"exec": 1007, "exit": 1007, "fork": 1007, "connect": 4001, "send": 4001, "connection": 4001,
-            "blocked": 4001, "dns": 4003, "gpu": 1007, "lost": 6008}
+            "blocked": 4001, "dns": 4003, "gpu": 1007, "lost": 6008,
+            "pipe_link": 0}  # no OCSF class says "two processes share a pipe": the Base Event, all of it kept
 
 
 def test_ocsf_classes(recs):
