@@ -663,7 +663,7 @@ def test_http_submit_stays_fast_while_the_receiver_hangs(tmp_path):
         t0 = time.perf_counter()
         sink.submit(r)
         times.append(time.perf_counter() - t0)
-    assert len(rx.requests) >= 1  # a batch is out and hanging the whole time
+    assert wait_until(lambda: len(rx.requests) >= 1)  # a batch is out and hanging (on a loaded machine, soon)
     times.sort()
     p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
     assert p99 < 0.001, (p50, p99, times[-1])
