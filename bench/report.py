@@ -195,6 +195,51 @@ def fleet_section(res: dict) -> list[str]:
     return L
 
 
+def sinks_section(res: dict) -> list[str]:
+    """The "Sinks" section (bench/sinks.py)."""
+    sk = res.get("sinks")
+    if not sk:
+        return []
+    L = ["", "## Sinks: records/s from submit to delivered", ""]
+    kb = {f: b / sk["records"] for f, b in sk["payload_bytes"].items()}
+    L.append(f"{sk['records']} records a run, nine connect events to one alert (as the pipeline writes them; "
+             f"{kb['json']:.0f} bytes a record as JSON, {kb['ecs']:.0f} as ECS, on average), submitted as fast as "
+             f"one thread can; median [min-max] of {sk['runs']} runs, interleaved. HttpSink's spool under "
+             f"{sk['spool_dir']}; the HTTP receiver is a Python ThreadingHTTPServer in a process of its own; "
+             f"rsyslog is {sk.get('rsyslogd', 'n/a')} writing each msg to a file in /dev/shm.")
+    L.append("")
+    rows = []
+    for name, r in sk["rows"].items():
+        rate_k = {k: (v / 1000 if k != "n" else v) for k, v in r["records_per_s"].items()}
+        rows.append([name, r["description"], f"**{fmt_spread(rate_k, 1, 'k/s')}**",
+                     fmt_spread(r["mb_per_s"], 1, " MB/s"), fmt_spread(r["submit_us"], 1, " us"),
+                     fmt_spread(r["elapsed_s"], 2, " s"), fmt_spread(r.get("tail_s"), 3, " s"),
+                     f"{r['received']}/{sk['records']}", r["dropped"]])
+    L += _md_table(["sink", "what", "records/s", "MB/s", "submit cost per record", "first submit to last delivered",
+                    "of it after the last submit", "arrived (worst run)", "dropped (worst run)"], rows)
+    L.append("")
+    L.append("Delivered: HTTP when every batch was answered 200 (`wait_idle`), rsyslog when its output file holds "
+             "every line. Submit cost is the time the submitting thread (the BPF drain, in agentwatch) spends in "
+             "`submit()`: for HTTP the record's id (blake2b of its sorted JSON), its encoding (ECS: `to_ecs` too) "
+             "and one write(2) to the spool; for syslog the encoding, the syslog header and a queue append. The "
+             "sender thread runs meanwhile and shares the GIL (and the CPUs with the receiver). Where little comes "
+             "after the last submit, the sender kept up and records/s is the submitting side's limit; where much "
+             "does, the sender (or the receiver) is. MB/s: the records as encoded (HTTP: the bodies, ids "
+             "included; syslog: the JSON without its header).")
+    dq = sk.get("default_queue")
+    if dq:
+        L.append("")
+        L.append("The rsyslog rows ran with a queue big enough for the burst (`queue_max_bytes` 512 MiB), so that "
+                 "every record is sent: one thread submits faster than the sender sends. With the default queue "
+                 "(100,000 records or 64 MiB) the same burst dropped "
+                 + ", ".join(f"{d['dropped']} of {sk['records']} over {p}" for p, d in dq.items())
+                 + " (`queue_full`, the oldest first, told as `sink_dropped` records, as designed); records "
+                   "coming no faster than the sender sends them do not fill it.")
+    for n in sk.get("notes") or []:
+        L.append(f"- {n}")
+    return L
+
+
 def markdown(res: dict) -> str:
     info = res["system"]
     L = ["# agentwatch benchmarks", ""]
@@ -334,6 +379,7 @@ def markdown(res: dict) -> str:
                      f"(net of {rp['startup_s']:.2f} s start), wall {fmt_spread(rp['wall_s'], 2, ' s')}. {rp.get('note', '')}")
 
     L += fleet_section(res)
+    L += sinks_section(res)
 
     notes = res.get("notes") or []
     if notes:

@@ -3,12 +3,12 @@ rule-engine throughput, side by side with bpftrace and auditd.
 
 One concern per module: build (compile progs/*.c), workloads (the programs
 and the agent-mix fixture), tracers (the configurations), overhead, loss,
-latency, memory, replay, fleet (the phases), report (results.md, results.json).
+latency, memory, replay, fleet, sinks (the phases), report (results.md, results.json).
 
 Environment knobs (all optional):
   BENCH_ROUNDS=5        interleaved rounds of the overhead phase (at least 3 are kept)
   BENCH_SCALE=1         multiply workload counts (e.g. 0.1 while developing)
-  BENCH_PHASES=...      comma list of overhead,loss,latency,memory,replay,fleet
+  BENCH_PHASES=...      comma list of overhead,loss,latency,memory,replay,fleet,sinks
   BENCH_BUDGET_S=780    the overhead phase gives up rounds to end the whole run in time
   BENCH_WAIT_QUIET=0    wait up to this many seconds for load average < BENCH_QUIET_LOAD (0.5)
   AGENTWATCH=CMD        the agentwatch command (default .venv/bin/agentwatch)
@@ -34,16 +34,17 @@ import memory  # noqa: E402
 import overhead  # noqa: E402
 import replay  # noqa: E402
 import report  # noqa: E402
+import sinks  # noqa: E402
 import sysinfo  # noqa: E402
 from awcli import Agentwatch  # noqa: E402
 from stats import summary  # noqa: E402
 from tracers import Auditd, AwRun, AwWatch, Bpftrace  # noqa: E402
 from workloads import MixFixture, make_workloads, scale  # noqa: E402
 
-PHASES = ["overhead", "loss", "latency", "memory", "replay", "fleet"]
+PHASES = ["overhead", "loss", "latency", "memory", "replay", "fleet", "sinks"]
 # Seconds the phases after overhead take at full scale on a 2-CPU VM (measured), so that
 # the overhead phase knows when to stop adding rounds.
-RESERVE_S = {"loss": 150, "latency": 40, "memory": 45, "replay": 90, "fleet": 30}
+RESERVE_S = {"loss": 150, "latency": 40, "memory": 45, "replay": 90, "fleet": 30, "sinks": 45}
 
 
 def log(msg: str) -> None:
@@ -165,6 +166,10 @@ def run_phases(res, aw, progs, mix, workloads, phases, rounds, deadline) -> None
         log("== fleet")
         res["fleet"] = fleet.measure(aw, progs, 100, scale(10_000), 30, 200, log)
         lap("fleet")
+    if "sinks" in phases:
+        log("== sinks")
+        res["sinks"] = sinks.measure(scale(sinks.N), sinks.RUNS, log)
+        lap("sinks")
     res["armed"] = {k: summary(v) for k, v in armed.items()}
     aw_all = armed.get("aw-watch", []) + armed.get("aw-run", [])
     if aw_all:
