@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "tests" / "scenarios"))
 from rsyslog import RSYSLOGD, Rsyslogd  # noqa: E402
 from stats import summary  # noqa: E402
 from tracers import SHM  # noqa: E402
+from workloads import scale  # noqa: E402
 
 from tracer.delivery import encoder  # noqa: E402
 from tracer.sinks import HttpSink, SyslogSink  # noqa: E402
@@ -328,7 +329,7 @@ def measure(n: int = N, runs: int = RUNS, log=log) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=N)
+    ap.add_argument("--records", type=int, default=scale(N), help=f"records a run (default {N} x BENCH_SCALE)")
     ap.add_argument("--runs", type=int, default=RUNS)
     ap.add_argument("--no-write", action="store_true", help="print, do not write sinks-results.*")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
