@@ -6,6 +6,7 @@
 #include "common.h"
 #include "socket.h"
 #include "gpu.bpf.c"       /* before process.bpf.c, whose fork/exec/exit probes call it */
+#include "file.bpf.c"      /* paths written that may matter, module loads; the open probes (GPU's too) */
 #include "process.bpf.c"
 #include "connect.bpf.c"
 #include "sockstate.bpf.c"

@@ -104,4 +104,19 @@ static __always_inline int aw_agent_of(u32 tgid, u32 *agent)
 	return AW_HOST_WIDE;
 }
 
+/* fd -> struct file of the current process, through task_struct.files, files_struct.fdt and fdtable.fd[fd]. */
+static __always_inline void *aw_file_of_fd(u32 fd)
+{
+	void *task = (void *)bpf_get_current_task();
+	void *files = aw_read_ptr(task, OFF_TASK_STRUCT_FILES);
+	void *fdt = aw_read_ptr(files, OFF_FILES_STRUCT_FDT);
+	u32 max_fds = 0;
+
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDTABLE_MAX_FDS);
+	if (fd >= max_fds)
+		return NULL;
+	void **fd_array = aw_read_ptr(fdt, OFF_FDTABLE_FD);
+	return aw_read_ptr(fd_array, (u64)fd * sizeof(void *));
+}
+
 #endif /* AGENTWATCH_COMMON_H */

@@ -42,7 +42,8 @@
 #define AW_EVENT_TAMPER 8  /* bpf/guard.bpf.c: a watched process acts against agentwatch */
 #define AW_EVENT_BLOCK 9   /* bpf/policy.bpf.c (its own object and ring buffer): egress denied */
 #define AW_EVENT_CGROUP 10 /* bpf/cgroup.bpf.c (daemon only): a v2 cgroup made or removed */
-#define AW_EVENT_TYPES 11 /* one past the last tag: size of aw_lost */
+#define AW_EVENT_FILE 11   /* bpf/file.bpf.c: a path that may matter written, or a kernel module loaded */
+#define AW_EVENT_TYPES 12 /* one past the last tag: size of aw_lost */
 
 /* aw_exec.flags */
 #define AW_EXEC_ARGV_TRUNCATED 1u    /* more args or bytes than the caps */
@@ -329,6 +330,55 @@ struct aw_tamper {
 	__u32 protected;    /* AW_PROTECT_* of the target, 0 when it is neither */
 	__u32 path_len;     /* bytes in path, without the NUL */
 	char path[AW_TAMPER_PATH_LEN]; /* AW_TAMPER_CGROUP: the destination, relative to its hierarchy */
+};
+
+/* ---- oversight: paths that may matter written, kernel modules loaded (bpf/file.bpf.c) ---- */
+
+/* aw_file.op: the system call family */
+#define AW_FILE_OPEN 1               /* open, openat, openat2, creat: for writing (O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND) */
+#define AW_FILE_RENAME 2             /* rename, renameat, renameat2: path is the destination, other the source */
+#define AW_FILE_LINK 3               /* link, linkat: path is the new name, other the existing one */
+#define AW_FILE_SYMLINK 4            /* symlink, symlinkat: path is the link, other what it points to */
+#define AW_FILE_TRUNCATE 5           /* truncate(2) */
+#define AW_FILE_UNLINK 6             /* unlink, unlinkat */
+#define AW_FILE_INIT_MODULE 7        /* init_module(2): path is the module's name once loaded */
+#define AW_FILE_FINIT_MODULE 8       /* finit_module(2): dir is the module file, path its name once loaded */
+
+/* aw_file.flags */
+#define AW_FILE_PATH_TRUNCATED 1u    /* path or other longer than AW_FILE_PATH_LEN - 1 */
+#define AW_FILE_DIR_WALKED 2u        /* dir holds the walk (empty: the root) */
+#define AW_FILE_DIR_TRUNCATED 4u     /* the walk stopped before the root: deeper or longer than dir holds */
+#define AW_FILE_PATH_FAULT 8u        /* the user's path could not be read */
+#define AW_FILE_MODULE_NAMED 16u     /* module:module_load named the module (path) */
+
+#define AW_FILE_PATH_LEN 256
+#define AW_FILE_DEPTH 24             /* directory levels (and mount crossings) walked */
+#define AW_FILE_NAME_HASHED 32       /* longer names are never marked (userland marks none so long) */
+
+/*
+ * A watched process wrote, or tried to write, a path that may matter, or
+ * loaded a kernel module. The kernel keeps only paths with a marked name
+ * in them (a component userland put in aw_file_names: "etc", ".ssh",
+ * ".bashrc", ...), once per process, path, call and outcome; userland
+ * decides which of those matter (tracer/watched_files.py). A relative path
+ * comes with the directory it is relative to, walked in the kernel (the
+ * process may be gone by the time userland reads the record).
+ */
+struct aw_file {
+	struct aw_header hdr;
+	__u32 op;           /* AW_FILE_* */
+	__s32 result;       /* the call's return: an fd or 0, or -errno */
+	__s32 dirfd;        /* a relative path is relative to: AT_FDCWD (-100), the cwd, or this fd; finit_module: its fd */
+	__u32 open_flags;   /* open: O_* flags; renameat2, linkat, unlinkat, finit_module: the call's flags */
+	__u32 flags;        /* AW_FILE_* flags */
+	__u32 _pad;
+	__u16 path_len;     /* bytes in path, without the NUL */
+	__u16 dir_len;      /* bytes used in dir */
+	__u16 other_len;    /* bytes in other, without the NUL */
+	__u16 _pad2;
+	char path[AW_FILE_PATH_LEN];  /* as the process gave it */
+	char dir[AW_FILE_PATH_LEN];   /* the directory, leaf first and NUL-separated: "cron.d\0etc\0" is /etc/cron.d */
+	char other[AW_FILE_PATH_LEN]; /* rename, link: the source; symlink: the target */
 };
 
 /* ---- fleet: sandboxes appearing and going (bpf/cgroup.bpf.c, agentwatch daemon) ---- */

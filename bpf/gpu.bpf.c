@@ -3,7 +3,8 @@
  * GPU device use by watched processes, from tracepoints only.
  *
  * Which fds are GPU devices is learnt from open paths (kept by (tgid, fd),
- * followed through dup and fork); what an ioctl does is decided from
+ * followed through dup and fork; the open probes, shared with file.bpf.c,
+ * are there); what an ioctl does is decided from
  * (device class, ioctl number), never the type byte, which nvidia.ko
  * ignores (kernel-open/nvidia/nv.c nvidia_ioctl). Counters stay in a
  * per-CPU map that userland reads every second: nothing goes to userland
@@ -17,8 +18,6 @@
 
 /* (tgid, fd) -> AW_GPU_CLASS_* | drm minor << 8 */
 BPF_HASH(aw_gpu_fds, struct aw_gpu_fd_key, u32, 65536);
-/* tid -> class of the path being opened, until openat returns */
-BPF_HASH(aw_gpu_open_pending, u32, u32, 4096);
 /* tid -> class of dup's old fd (0: the new fd is not a GPU fd) */
 BPF_HASH(aw_gpu_dup_pending, u32, u32, 4096);
 /* child tgid -> parent tgid, for forks of processes holding GPU fds */
@@ -142,56 +141,43 @@ static __always_inline void aw_gpu_count(u32 tgid, u32 devclass, u32 op, u32 det
 		*v += n;
 }
 
-static __always_inline int aw_gpu_open_enter(const char *filename)
-{
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid, agent;
+/*
+ * The GPU's part of an open (the open probes are in file.bpf.c): the class
+ * of the path, kept with the open until it returns, or AW_GPU_OPEN_SKIP.
+ * "Not a GPU path" (0) is kept too: the exit then forgets a stale entry for
+ * the new fd.
+ */
+#define AW_GPU_OPEN_SKIP 0xffffffffu
 
-	if (!aw_agent_of(pid_tgid >> 32, &agent))
-		return 0;
+static __always_inline u32 aw_gpu_open_class(u32 tgid, u32 agent, const char *filename)
+{
 	union aw_path p = {};
 	if (aw_read_user_str(p.c, sizeof(p.c), filename) <= 0)
-		return 0;
+		return AW_GPU_OPEN_SKIP;
 	u32 cls = aw_gpu_path_class(&p);
 	if (cls == AW_GPU_CLASS_RECON) {
-		aw_gpu_milestone(pid_tgid >> 32, agent, AW_GPU_MS_RECON, 0, 0, AW_GPU_OP_RECON, 0, 0);
-		return 0;
+		aw_gpu_milestone(tgid, agent, AW_GPU_MS_RECON, 0, 0, AW_GPU_OP_RECON, 0, 0);
+		return AW_GPU_OPEN_SKIP;
 	}
-	/* Remember even "not a GPU path": the exit then forgets a stale entry for the new fd. */
-	aw_gpu_open_pending.update(&tid, &cls);
-	return 0;
+	return cls;
 }
 
-static __always_inline int aw_gpu_open_exit(long ret)
+static __always_inline void aw_gpu_open_returned(u32 tgid, u32 cls, long ret)
 {
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid, agent;
+	u32 agent;
 
-	u32 *pending = aw_gpu_open_pending.lookup(&tid);
-	if (!pending)
-		return 0;
-	u32 cls = *pending;
-	aw_gpu_open_pending.delete(&tid);
-	if (ret < 0)
-		return 0;
-	struct aw_gpu_fd_key k = {.tgid = pid_tgid >> 32, .fd = (u32)ret};
+	if (cls == AW_GPU_OPEN_SKIP || ret < 0)
+		return;
+	struct aw_gpu_fd_key k = {.tgid = tgid, .fd = (u32)ret};
 	if (!cls) {
 		aw_gpu_fds.delete(&k);
-		return 0;
+		return;
 	}
 	aw_gpu_fds.update(&k, &cls);
 	aw_agent_of(k.tgid, &agent);
 	aw_gpu_count(k.tgid, cls & 0xff, AW_GPU_OP_OPEN, 0, 1);
 	aw_gpu_milestone(k.tgid, agent, AW_GPU_MS_OPEN, k.fd, cls & 0xff, AW_GPU_OP_OPEN, cls >> 8, 0);
-	return 0;
 }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_openat) { return aw_gpu_open_enter(args->filename); }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return aw_gpu_open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2) { return aw_gpu_open_enter(args->filename); }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return aw_gpu_open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_open) { return aw_gpu_open_enter(args->filename); }
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return aw_gpu_open_exit(args->ret); }
 
 /* Called from the one close(2) probe (payload.bpf.c). */
 static __always_inline void aw_gpu_on_close(u32 tgid, u32 fd)

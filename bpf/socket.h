@@ -65,22 +65,13 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 }
 
 /*
- * fd -> struct socket, through task_struct.files, files_struct.fdt, fdtable.fd[fd] and
+ * fd -> struct socket, through the fd's file (aw_file_of_fd) and
  * file.private_data, each at its BTF offset.
  * The socket's back pointer to its file proves the file is a socket.
  */
 static __always_inline void *aw_socket_of_fd(u32 fd)
 {
-	void *task = (void *)bpf_get_current_task();
-	void *files = aw_read_ptr(task, OFF_TASK_STRUCT_FILES);
-	void *fdt = aw_read_ptr(files, OFF_FILES_STRUCT_FDT);
-	u32 max_fds = 0;
-
-	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDTABLE_MAX_FDS);
-	if (fd >= max_fds)
-		return NULL;
-	void **fd_array = aw_read_ptr(fdt, OFF_FDTABLE_FD);
-	void *file = aw_read_ptr(fd_array, (u64)fd * sizeof(void *));
+	void *file = aw_file_of_fd(fd);
 	if (!file)
 		return NULL;
 	void *sock = aw_read_ptr(file, OFF_FILE_PRIVATE_DATA);

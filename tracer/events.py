@@ -55,6 +55,7 @@ EVENT_GPU = _D["AW_EVENT_GPU"]
 EVENT_TAMPER = _D["AW_EVENT_TAMPER"]
 EVENT_BLOCK = _D["AW_EVENT_BLOCK"]
 EVENT_CGROUP = _D["AW_EVENT_CGROUP"]
+EVENT_FILE = _D["AW_EVENT_FILE"]
 EVENT_TYPES = _D["AW_EVENT_TYPES"]
 EVENT_NAMES = {
     EVENT_FORK: "fork",
@@ -67,6 +68,7 @@ EVENT_NAMES = {
     EVENT_TAMPER: "tamper",
     EVENT_BLOCK: "blocked",
     EVENT_CGROUP: "cgroup",
+    EVENT_FILE: "file",
 }
 
 EXEC_ARGV_TRUNCATED = _D["AW_EXEC_ARGV_TRUNCATED"]
@@ -118,6 +120,26 @@ CGROUP_RMDIR = _D["AW_CGROUP_RMDIR"]
 CGROUP_ATTRIBUTED = _D["AW_CGROUP_ATTRIBUTED"]
 CGROUP_PATH_TRUNCATED = _D["AW_CGROUP_PATH_TRUNCATED"]
 CGROUP_PATH_LEN = _D["AW_CGROUP_PATH_LEN"]
+FILE_OPEN = _D["AW_FILE_OPEN"]
+FILE_RENAME = _D["AW_FILE_RENAME"]
+FILE_LINK = _D["AW_FILE_LINK"]
+FILE_SYMLINK = _D["AW_FILE_SYMLINK"]
+FILE_TRUNCATE = _D["AW_FILE_TRUNCATE"]
+FILE_UNLINK = _D["AW_FILE_UNLINK"]
+FILE_INIT_MODULE = _D["AW_FILE_INIT_MODULE"]
+FILE_FINIT_MODULE = _D["AW_FILE_FINIT_MODULE"]
+FILE_OPS = {
+    FILE_OPEN: "open", FILE_RENAME: "rename", FILE_LINK: "link", FILE_SYMLINK: "symlink",
+    FILE_TRUNCATE: "truncate", FILE_UNLINK: "unlink", FILE_INIT_MODULE: "init_module",
+    FILE_FINIT_MODULE: "finit_module",
+}
+FILE_PATH_TRUNCATED = _D["AW_FILE_PATH_TRUNCATED"]
+FILE_DIR_WALKED = _D["AW_FILE_DIR_WALKED"]
+FILE_DIR_TRUNCATED = _D["AW_FILE_DIR_TRUNCATED"]
+FILE_PATH_FAULT = _D["AW_FILE_PATH_FAULT"]
+FILE_MODULE_NAMED = _D["AW_FILE_MODULE_NAMED"]
+FILE_PATH_LEN = _D["AW_FILE_PATH_LEN"]
+FILE_NAME_HASHED = _D["AW_FILE_NAME_HASHED"]
 
 u8, u16, u32, u64, s32 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64, ct.c_int32
 
@@ -286,6 +308,26 @@ class RawCgroup(ct.Structure):
     ]
 
 
+# Oversight (bpf/file.bpf.c): paths written that may matter, kernel modules loaded.
+class RawFile(ct.Structure):
+    _fields_ = [
+        ("hdr", RawHeader),
+        ("op", u32),
+        ("result", s32),
+        ("dirfd", s32),
+        ("open_flags", u32),
+        ("flags", u32),
+        ("_pad", u32),
+        ("path_len", u16),
+        ("dir_len", u16),
+        ("other_len", u16),
+        ("_pad2", u16),
+        ("path", ct.c_char * FILE_PATH_LEN),
+        ("dir", ct.c_char * FILE_PATH_LEN),
+        ("other", ct.c_char * FILE_PATH_LEN),
+    ]
+
+
 # Every C struct of events.h and its mirror, for the layout test.
 MIRRORS = {
     "aw_header": RawHeader,
@@ -301,6 +343,7 @@ MIRRORS = {
     "aw_block": RawBlock,
     "aw_tamper": RawTamper,
     "aw_cgroup": RawCgroup,
+    "aw_file": RawFile,
 }
 # Of those, the ones that are map keys, not ring buffer records: they carry no header.
 MAP_KEYS = {"aw_gpu_fd_key", "aw_gpu_count_key"}
@@ -482,6 +525,24 @@ class CgroupEvent(Event):
         return bool(self.flags & CGROUP_ATTRIBUTED)
 
 
+@dataclass(slots=True)
+class FileEvent(Event):
+    """A path that may matter written (or tried), or a kernel module loaded: see bpf/file.bpf.c."""
+
+    op: int  # FILE_*
+    result: int  # the call's return: an fd or 0, or -errno
+    dirfd: int  # what a relative path is relative to (-100: the cwd); finit_module: its fd
+    open_flags: int
+    flags: int  # FILE_* flags
+    path: bytes  # as the process gave it; a module's name when FILE_MODULE_NAMED
+    dir: bytes | None  # the kernel's walk of path's directory (finit_module: of the module file), or None
+    other: bytes  # rename, link: the source; symlink: the target
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & (FILE_PATH_TRUNCATED | FILE_DIR_TRUNCATED))
+
+
 def _struct_of(cls: type[ct.Structure]) -> struct.Struct:
     """A struct.Struct with the ctypes class's layout, `_pad` fields skipped.
 
@@ -522,6 +583,7 @@ _GPU = _struct_of(RawGpu)
 _BLOCK = _struct_of(RawBlock)
 _TAMPER = _struct_of(RawTamper)
 _CGROUP = _struct_of(RawCgroup)
+_FILE = _struct_of(RawFile)
 _HEADER_FIELDS = 9  # type, size, ktime_ns, start_ns, pid, tid, ppid, uid, agent_id; then comm
 
 
@@ -536,6 +598,7 @@ _LAYOUTS = {
     EVENT_BLOCK: _BLOCK,
     EVENT_TAMPER: _TAMPER,
     EVENT_CGROUP: _CGROUP,
+    EVENT_FILE: _FILE,
 }
 
 
@@ -545,6 +608,12 @@ def _cstr(raw: bytes) -> bytes:
 
 _KTIME = struct.Struct("<Q")
 _KTIME_AT = RawHeader.ktime_ns.offset
+
+
+def walked_path(raw: bytes) -> bytes:
+    """aw_file.dir, names leaf first and NUL-separated ("cron.d\\0etc\\0"), as a path (/etc/cron.d)."""
+    names = [n for n in raw.split(b"\0") if n]
+    return b"/" + b"/".join(reversed(names))
 
 
 def ktime_of(raw: bytes) -> int:
@@ -599,4 +668,9 @@ def decode(raw: bytes) -> Event:
         # cgroupfs names are bytes; undecodable ones keep their bytes as surrogates.
         text = path[:min(path_len, CGROUP_PATH_LEN)].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         return CgroupEvent(*head, cgroup_id, parent_id, op, level, flags, text)
+    if kind == EVENT_FILE:
+        op, result, dirfd, open_flags, flags, path_len, dir_len, other_len, path, walk, other = rest
+        walked = walked_path(walk[:min(dir_len, FILE_PATH_LEN)]) if flags & FILE_DIR_WALKED else None
+        return FileEvent(*head, op, result, dirfd, open_flags, flags, _cstr(path[:min(path_len, FILE_PATH_LEN)]),
+                         walked, _cstr(other[:min(other_len, FILE_PATH_LEN)]))
     return ExitEvent(*head, *rest)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import events
+from . import events, watched_files
 from .btf import BtfError, load_btf
 
 MAIN_SOURCE = events.BPF_DIR / "agentwatch.bpf.c"
@@ -45,6 +45,18 @@ KERNEL_FIELDS = [
     ("sock_common", "skc_num"),
     ("sock_common", "skc_rcv_saddr"),
     ("sock_common", "skc_v6_rcv_saddr"),
+    ("task_struct", "fs"),  # paths written (bpf/file.bpf.c): the cwd, and dentries up to the root
+    ("fs_struct", "pwd"),
+    ("file", "f_path"),
+    ("path", "mnt"),
+    ("path", "dentry"),
+    ("dentry", "d_parent"),
+    ("dentry", "d_name"),
+    ("qstr", "name"),
+    ("vfsmount", "mnt_root"),
+    ("mount", "mnt"),
+    ("mount", "mnt_parent"),
+    ("mount", "mnt_mountpoint"),
 ]
 
 # Read only by the daemon's cgroup programs (bpf/cgroup.bpf.c, AW_FLEET).
@@ -77,13 +89,35 @@ TRACEPOINTS = [
     ("syscalls", "sys_enter_sendmsg"),
     ("syscalls", "sys_enter_sendmmsg"),
     ("syscalls", "sys_enter_close"),
-    ("syscalls", "sys_enter_openat"),  # GPU device fds (bpf/gpu.bpf.c) from here on
+    ("syscalls", "sys_enter_openat"),  # opens: GPU device fds and paths written (bpf/file.bpf.c)
     ("syscalls", "sys_exit_openat"),
     ("syscalls", "sys_enter_openat2"),
     ("syscalls", "sys_exit_openat2"),
     ("syscalls", "sys_enter_open"),
     ("syscalls", "sys_exit_open"),
-    ("syscalls", "sys_enter_dup"),
+    ("syscalls", "sys_enter_creat"),
+    ("syscalls", "sys_exit_creat"),
+    ("syscalls", "sys_enter_rename"),  # paths written (bpf/file.bpf.c)
+    ("syscalls", "sys_exit_rename"),
+    ("syscalls", "sys_enter_renameat"),
+    ("syscalls", "sys_exit_renameat"),
+    ("syscalls", "sys_enter_renameat2"),
+    ("syscalls", "sys_exit_renameat2"),
+    ("syscalls", "sys_enter_link"),
+    ("syscalls", "sys_exit_link"),
+    ("syscalls", "sys_enter_linkat"),
+    ("syscalls", "sys_exit_linkat"),
+    ("syscalls", "sys_enter_symlink"),
+    ("syscalls", "sys_exit_symlink"),
+    ("syscalls", "sys_enter_symlinkat"),
+    ("syscalls", "sys_exit_symlinkat"),
+    ("syscalls", "sys_enter_truncate"),
+    ("syscalls", "sys_exit_truncate"),
+    ("syscalls", "sys_enter_unlink"),
+    ("syscalls", "sys_exit_unlink"),
+    ("syscalls", "sys_enter_unlinkat"),
+    ("syscalls", "sys_exit_unlinkat"),
+    ("syscalls", "sys_enter_dup"),  # GPU device fds (bpf/gpu.bpf.c) from here on
     ("syscalls", "sys_exit_dup"),
     ("syscalls", "sys_enter_dup2"),
     ("syscalls", "sys_exit_dup2"),
@@ -97,6 +131,17 @@ TRACEPOINTS = [
     ("cgroup", "cgroup_attach_task"),
     ("syscalls", "sys_enter_bpf"),
 ]
+
+# Kernel module loads (bpf/file.bpf.c aw_module_*): attached where the kernel has them. A kernel
+# built without CONFIG_MODULES has none of these (and nothing to load); module_load also names
+# the module. (tracepoint, program)
+MODULE_TRACEPOINTS = [
+    ("syscalls", "sys_enter_init_module", "aw_module_init_enter"),
+    ("syscalls", "sys_exit_init_module", "aw_module_exit"),
+    ("syscalls", "sys_enter_finit_module", "aw_module_finit_enter"),
+    ("syscalls", "sys_exit_finit_module", "aw_module_exit"),
+]
+MODULE_LOAD_TRACEPOINT = ("module", "module_load", "aw_module_load")
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -126,6 +171,27 @@ def tracepoint_fields(category: str, event: str) -> set[str] | None:
     except OSError:
         return None
     return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
+
+
+def tracepoint_field_offset(category: str, event: str, name: str) -> int | None:
+    """Where a field of a tracepoint's record starts (tracefs format file), or None."""
+    root = tracefs()
+    if root is None:
+        return None
+    try:
+        text = Path(root, "events", category, event, "format").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"field:[^;]*\b{re.escape(name)}(?:\[\d*\])?;\s*offset:(\d+);", text)
+    return int(match.group(1)) if match else None
+
+
+def module_tracepoints() -> list[tuple[str, str, str]]:
+    """The module-load tracepoints this kernel has (none without CONFIG_MODULES)."""
+    root = tracefs()
+    if root is None:
+        return []
+    return [t for t in MODULE_TRACEPOINTS if Path(root, "events", t[0], t[1], "format").is_file()]
 
 
 def expand_includes(path: Path) -> str:
@@ -169,7 +235,9 @@ class ProbeConfig:
     cgroups_max: int = 64      # entries of the cgroup membership map (the daemon: one per sandbox)
 
 
-def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None) -> list[str]:
+def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None,
+                 module_name_at: int | None = None) -> list[str]:
+    """module_name_at: where module:module_load's name (__data_loc) is, when the kernel has it."""
     if config.ringbuf_pages <= 0 or config.ringbuf_pages & (config.ringbuf_pages - 1):
         raise ProbeError(f"ring buffer pages must be a power of two, not {config.ringbuf_pages}")
     flags = [f"-I{events.BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
@@ -184,6 +252,8 @@ def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[
     ]
     if exit_fields and "group_dead" in exit_fields:
         flags.append("-DAW_EXIT_HAS_GROUP_DEAD=1")
+    if module_name_at is not None:
+        flags += ["-DAW_MODULE_LOAD_TP=1", f"-DAW_MODULE_LOAD_NAME_AT={module_name_at}"]
     return flags
 
 
@@ -231,12 +301,18 @@ class Probes:
             ) from None
         self.config = config
         offsets = kernel_offsets(fields=KERNEL_FIELDS + (FLEET_FIELDS if config.fleet else []))
-        self.cflags = build_cflags(config, offsets, tracepoint_fields("sched", "sched_process_exit"))
+        name_at = tracepoint_field_offset(*MODULE_LOAD_TRACEPOINT[:2], "name")
+        self.cflags = build_cflags(config, offsets, tracepoint_fields("sched", "sched_process_exit"), name_at)
         started = time.monotonic()
         try:
             self._bpf = BPF(text=program_text().encode(), cflags=self.cflags)
         except Exception as exc:  # BCC raises bare Exception for compile and load errors
             raise ProbeError(f"cannot load the BPF programs: {exc}") from None
+        try:
+            self._arm_files(name_at is not None)
+        except Exception as exc:  # BCC raises bare Exception for load and attach errors
+            self._bpf.cleanup()
+            raise ProbeError(f"cannot load the file-write programs: {exc}") from None
         self.armed_seconds = time.monotonic() - started
         self._batch: list[bytes] = []
         self._watched = self._bpf[b"aw_watched"]
@@ -252,6 +328,23 @@ class Probes:
 
         self._on_record = on_record  # keep a reference: BCC holds only a C pointer
         self._bpf[b"aw_events"].open_ring_buffer(on_record)
+
+    def _arm_files(self, module_load: bool) -> None:
+        """bpf/file.bpf.c: the marked names, the one program every exit probe tail-calls, module loads."""
+        from bcc import BPF  # noqa: PLC0415
+
+        names = self._bpf[b"aw_file_names"]
+        for h in watched_files.marked_hashes():
+            names[ct.c_uint64(h)] = ct.c_uint8(1)
+        finish = self._bpf.load_func(b"aw_file_finish", BPF.TRACEPOINT)
+        self._bpf[b"aw_file_tail"][ct.c_int(0)] = ct.c_int(finish.fd)
+        self.module_tracepoints = [f"{c}:{e}" for c, e, _fn in module_tracepoints()]
+        for category, event, fn in module_tracepoints():
+            self._bpf.attach_tracepoint(tp=f"{category}:{event}".encode(), fn_name=fn.encode())
+        if module_load:
+            c, e, fn = MODULE_LOAD_TRACEPOINT
+            self._bpf.attach_tracepoint(tp=f"{c}:{e}".encode(), fn_name=fn.encode())
+            self.module_tracepoints.append(f"{c}:{e}")
 
     def poll(self, timeout_ms: int = POLL_MS) -> list[bytes]:
         """Records that arrived; if none, wait timeout_ms and look again.

@@ -220,6 +220,22 @@ class RawRecords:
         r.path = data
         return bytes(r)
 
+    @classmethod
+    def file(cls, *, op: int, path: bytes = b"", dir: bytes | None = None, other: bytes = b"", result: int = 0,
+             dirfd: int = -100, open_flags: int = 0, flags: int = 0, **hdr) -> bytes:
+        """An aw_file record; dir as a path (/etc/cron.d), written leaf first as the kernel walks it."""
+        r = events.RawFile()
+        r.hdr = cls.header(events.EVENT_FILE, size=ct.sizeof(r), **hdr)
+        r.op, r.result, r.dirfd, r.open_flags, r.flags = op, result, dirfd, open_flags, flags
+        r.path_len, r.path = len(path), path
+        r.other_len, r.other = len(other), other
+        if dir is not None:
+            walk = b"".join(name + b"\0" for name in reversed(dir.strip(b"/").split(b"/")) if name)
+            r.dir_len = len(walk)
+            ct.memmove(ct.addressof(r) + events.RawFile.dir.offset, walk, len(walk))  # NULs and all
+            r.flags |= events.FILE_DIR_WALKED
+        return bytes(r)
+
 
 @pytest.fixture
 def raw() -> type[RawRecords]:

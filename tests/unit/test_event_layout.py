@@ -314,7 +314,7 @@ DRIFTS = [
         id="define the Python reader does not see",
     ),
     pytest.param(
-        _replace("#define AW_EVENT_TYPES 11", "#define AW_EVENT_TYPES (AW_EVENT_CGROUP + 1)"),
+        _replace("#define AW_EVENT_TYPES 12", "#define AW_EVENT_TYPES (AW_EVENT_FILE + 1)"),
         ["read_defines cannot read the header"],
         id="define the Python reader cannot evaluate",
     ),
