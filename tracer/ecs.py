@@ -319,7 +319,16 @@ def _event_class(rec: dict) -> tuple[list[str], list[str], str | None, str]:
         what = gpu.get("milestone") if gpu.get("event") == "milestone" else gpu.get("event")
         return ["process"], ["info"], None, f"gpu-{what}"
     if etype == "tamper":
-        kind = as_dict(rec.get("tamper")).get("kind")
+        t = as_dict(rec.get("tamper"))
+        kind = t.get("kind")
+        if kind == "write":
+            f = as_dict(t.get("file"))
+            op = f.get("op")
+            outcome = "success" if f.get("result") == "ok" else "failure"
+            return ["file"], ["deletion" if op == "unlink" else "change"], outcome, f"tamper-write-{op}"
+        if kind == "module":
+            outcome = "success" if as_dict(t.get("module")).get("result") == "ok" else "failure"
+            return ["driver"], ["start"], outcome, "tamper-module"
         types = {"signal": "access", "ptrace": "access", "cgroup": "change"}
         return ["process"], [types.get(kind, "info")], None, f"tamper-{kind}"
     if etype == "lost":
@@ -444,6 +453,13 @@ def _event(rec: dict, host: str | None) -> dict:
     elif etype == "gpu":
         aw["gpu"] = rec.get("gpu")
     elif etype == "tamper":
+        t = as_dict(rec.get("tamper"))
+        written = as_dict(t.get("file")).get("path")
+        loaded = as_dict(t.get("module")).get("file")
+        path = written if isinstance(written, str) else loaded if isinstance(loaded, str) else None
+        if path is not None:
+            directory, _, name = path.rpartition("/")
+            doc["file"] = {"path": path, "name": name, "directory": directory or "/"}
         aw["tamper"] = rec.get("tamper")
     elif lost:
         aw["lost"] = rec.get("lost")

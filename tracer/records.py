@@ -7,12 +7,13 @@ made safe: see safe_text.
 from __future__ import annotations
 
 import errno
+import posixpath
 import re
 import signal
 import socket
 import time
 
-from . import events, gpu
+from . import events, gpu, watched_files
 from .agents import Agent
 from .dns import Question
 from .netscope import ScopeClassifier
@@ -221,6 +222,9 @@ def event_record(
                          "action": "deny"}  # the names are the session's to fill: it knows the policy
     elif isinstance(ev, events.TamperEvent):
         rec["tamper"] = tamper_json(ev)
+    elif isinstance(ev, events.FileEvent):
+        rec["type"] = "tamper"  # the kernel's file record is a tamper record: kind write or module
+        rec["tamper"] = file_tamper_json(ev)
     if scope is not None and "network" in rec:
         scope.annotate(rec["network"])
     return rec
@@ -327,6 +331,10 @@ def tamper_json(ev: events.TamperEvent) -> dict:
         "ptrace_request": None,
         "bpf_cmd": None,
         "cgroup": None,
+        "target_scope": None,  # ptrace: the session says whose the target is
+        "target_agent_id": None,
+        "file": None,
+        "module": None,
     }
     if ev.kind == events.TAMPER_SIGNAL:
         out["signal"] = _SIGNAL_NAMES.get(ev.arg, f"SIG{ev.arg}")
@@ -338,4 +346,82 @@ def tamper_json(ev: events.TamperEvent) -> dict:
         # leaves_agent: the session knows the agent's cgroup and fills it in (null when it has none).
         out["cgroup"] = {"path": safe_text(ev.path), "id": ev.cgroup_id, "level": ev.arg,
                          "v2": ev.result == 0, "leaves_agent": None}
+    return out
+
+
+# Flag names per call, for people (uapi asm-generic/fcntl.h, linux/fcntl.h, linux/module.h).
+_OPEN_FLAGS = ((0o1, "O_WRONLY"), (0o2, "O_RDWR"), (0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o1000, "O_TRUNC"),
+               (0o2000, "O_APPEND"), (0o20200000, "O_TMPFILE"))
+_CALL_FLAGS = {
+    events.FILE_RENAME: ((1, "RENAME_NOREPLACE"), (2, "RENAME_EXCHANGE"), (4, "RENAME_WHITEOUT")),
+    events.FILE_LINK: ((0x400, "AT_SYMLINK_FOLLOW"), (0x1000, "AT_EMPTY_PATH")),
+    events.FILE_UNLINK: ((0x200, "AT_REMOVEDIR"),),
+    events.FILE_FINIT_MODULE: ((1, "MODULE_INIT_IGNORE_MODVERSIONS"), (2, "MODULE_INIT_IGNORE_VERMAGIC"),
+                               (4, "MODULE_INIT_COMPRESSED_FILE")),
+}
+
+
+def _flag_names(value: int, names) -> list[str]:
+    out, rest = [], value
+    for bit, name in names:
+        if value & bit == bit:
+            out.append(name)
+            rest &= ~bit
+    if rest:
+        out.append(hex(rest))
+    return out
+
+
+def kept_write(record: dict) -> bool:
+    """A file record worth writing: a module load, or a write whose path has a category."""
+    t = record["tamper"]
+    return t["kind"] == "module" or t["file"]["category"] is not None
+
+
+def file_tamper_json(ev: events.FileEvent, proc_root: str = "/proc") -> dict:
+    """A write to a path that may matter (kind write) or a module load (kind module): bpf/file.bpf.c.
+
+    The path is made absolute here (tracer/watched_files.py resolve) and given
+    its category, None when it does not matter (the session drops those).
+    """
+    out = {
+        "kind": "write", "target_pid": None, "target": None, "signal": None, "ptrace_request": None,
+        "bpf_cmd": None, "cgroup": None, "target_scope": None, "target_agent_id": None, "file": None, "module": None,
+    }
+    result = errno_name(ev.result)
+    if ev.op in (events.FILE_INIT_MODULE, events.FILE_FINIT_MODULE):
+        out["kind"] = "module"
+        named = bool(ev.flags & events.FILE_MODULE_NAMED)
+        out["module"] = {
+            "syscall": events.FILE_OPS[ev.op],
+            "name": safe_text(ev.path) if named else None,
+            "file": safe_text(ev.dir) if ev.dir is not None else None,
+            "fd": ev.dirfd if ev.op == events.FILE_FINIT_MODULE else None,
+            "flags": _flag_names(ev.open_flags, _CALL_FLAGS[events.FILE_FINIT_MODULE]),
+            "result": result,
+        }
+        return out
+    path, resolved = watched_files.resolve(ev, proc_root)
+    category = watched_files.category_of(path, resolved)
+    target = None
+    if ev.op == events.FILE_SYMLINK:
+        target = ev.other
+        if category is None:  # a link into a place that matters is a way into it
+            there = target if target.startswith(b"/") or not resolved else posixpath.join(posixpath.dirname(path), target)
+            category = watched_files.category_of(posixpath.normpath(there), resolved or there.startswith(b"/"))
+    if ev.op == events.FILE_OPEN:
+        flags = _flag_names(ev.open_flags & 0o20203303, _OPEN_FLAGS)
+    else:
+        flags = _flag_names(ev.open_flags, _CALL_FLAGS.get(ev.op, ()))
+    out["file"] = {
+        "op": events.FILE_OPS.get(ev.op, str(ev.op)),
+        "path": safe_text(path),
+        "resolved": resolved,
+        "category": category,
+        "result": result,
+        "flags": flags,
+        "source": safe_text(ev.other) if ev.op in (events.FILE_RENAME, events.FILE_LINK) else None,
+        "link_target": safe_text(target) if target is not None else None,
+        "truncated": ev.truncated,
+    }
     return out

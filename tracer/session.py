@@ -23,7 +23,9 @@ from .output import Writer
 from .probes import POLL_MS, Probes
 from .proctree import Process, ProcessTable, read_exe_argv, read_stat, start_ticks_from_ns
 from .gpu import GpuMonitor
-from .records import Clock, dns_record, event_record, gpu_usage_record, lost_record, safe_text, status_record
+from .records import (
+    Clock, dns_record, event_record, gpu_usage_record, kept_write, lost_record, safe_text, status_record,
+)
 
 LOST_CHECK_SECONDS = 1.0
 # A record's kernel time is taken just after its ring buffer slot is reserved,
@@ -123,6 +125,8 @@ class Pipeline:
             return
         if isinstance(ev, events.TamperEvent):
             self._note_tamper(ev, record)
+        elif isinstance(ev, events.FileEvent) and not kept_write(record):
+            return  # the kernel keeps a superset (any path through /etc, ~/.ssh ...): this one does not matter
         self.emit(record)
         if self.flows is not None and proc.agent_id:
             for link in self.flows.observe(record, proc, child):
@@ -147,6 +151,21 @@ class Pipeline:
             cg["leaves_agent"] = self.containment.leaves_agent(cg["path"], ev.agent_id)
         if ev.kind == events.TAMPER_SIGNAL and ev.protected == events.PROTECT_SELF:
             self.stop_signals_from_agents.append(ev.arg)
+        if ev.kind == events.TAMPER_PTRACE and not ev.protected:
+            tamper["target_scope"], tamper["target_agent_id"] = self._whose(ev.target_pid, ev.agent_id)
+
+    def _whose(self, pid: int, agent_id: int) -> tuple[str, str | None]:
+        """same_agent, other_agent (and its id) or outside: whom a traced process belongs to."""
+        target = self.probes.agent_of_tgid(pid)
+        if not target:
+            proc = self.table.get(pid)
+            target = proc.agent_id if proc is not None else 0
+        if not target:
+            return "outside", None
+        if target == agent_id:
+            return "same_agent", None
+        other = self.agents.by_kernel_id(target)
+        return "other_agent", other.id if other is not None else None
 
     def _remember_connector(self, cookie: int, proc: Process) -> None:
         self._connectors.pop(cookie, None)  # re-inserted last: the newest is evicted last

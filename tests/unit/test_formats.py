@@ -157,6 +157,8 @@ def _session_records(raw) -> tuple[list[dict], Pipeline]:
         _tamper(raw, kind=events.TAMPER_PTRACE, target_pid=4_999_001, arg=16, **root(19.1)),
         _tamper(raw, kind=events.TAMPER_CGROUP, arg=2, path=b"/elsewhere.slice", **root(19.2)),
         _tamper(raw, kind=events.TAMPER_BPF, arg=5, **root(19.3)),
+        raw.file(op=events.FILE_OPEN, path=b".bashrc", dir=b"/home/dev", open_flags=0o2101, result=3, **root(19.4)),
+        raw.file(op=events.FILE_FINIT_MODULE, dir=b"/tmp/rk.ko", dirfd=3, result=-1, **root(19.5)),
         raw.fork(child_pid=GRANDCHILD, child_agent_id=1, child_start_ns=shell_start, **child(20)),
         raw.connect(family=2, daddr=pool, dport=4444, retval=0, **shell(21)),
         raw.exec(filename=b"/bin/bash", argv=[b"bash", b"-i"], **shell(21.001)),
@@ -296,7 +298,8 @@ def test_the_records_are_every_kind_and_valid(recs):
     assert {r["connection"]["state"] for r in recs if r.get("type") == "connection"} == {
         "established", "closed", "failed"}
     assert {r["gpu"]["event"] for r in recs if r.get("type") == "gpu"} == {"milestone", "usage"}
-    assert {r["tamper"]["kind"] for r in recs if r.get("type") == "tamper"} == {"signal", "ptrace", "cgroup", "bpf"}
+    assert {r["tamper"]["kind"] for r in recs if r.get("type") == "tamper"} == {"signal", "ptrace", "cgroup", "bpf", "write",
+                                                                                   "module"}
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,9 @@ class FakeProbes:
     def watch(self, tgid: int, agent_id: int) -> None:
         self.watched[tgid] = agent_id
 
+    def agent_of_tgid(self, tgid: int) -> int:
+        return self.watched.get(tgid, 0)
+
 
 class ListWriter:
     def __init__(self) -> None:
