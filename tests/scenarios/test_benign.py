@@ -32,7 +32,13 @@ EPHEMERAL_PAIR = (
     "import socket; s = socket.create_server(('127.0.0.1', 0)); "
     "c = socket.create_connection(s.getsockname(), timeout=2); a, _ = s.accept(); c.sendall(b'ok'); a.recv(2)"
 )
-ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp", "fan-out-ci"]
+ACTIVITIES = ["compile-c", "git", "pip-wheel", "pytest", "curl", "ssh-true", "scp", "fan-out-ci", "build-many-files",
+              "venv-pip"]
+# A build's output: hundreds of sources, objects renamed into place, a cache, all in the project.
+BUILD = ("mkdir -p {proj}/src {proj}/out ~/.cache/awbuild && cd {proj} && for i in $(seq 200); do "
+         "echo \"int f$i(void) {{ return $i; }}\" > src/f$i.c && gcc -c -o out/.f$i.o.tmp src/f$i.c && "
+         "mv out/.f$i.o.tmp out/f$i.o && echo $i > ~/.cache/awbuild/$i || exit 1; done && "
+         "ar rcs out/libf.a out/*.o && rm -f out/*.o")
 
 
 def _activities(work, sshd, web) -> dict[str, str]:
@@ -55,6 +61,9 @@ def _activities(work, sshd, web) -> dict[str, str]:
             f"seq 1 12 | xargs -P 4 -I{{}} curl -sS -o /dev/null {web}",
             f"seq 1 60 | xargs -P 8 -I{{}} {PY} -c {shlex.quote(EPHEMERAL_PAIR)}",
         ]),
+        "build-many-files": BUILD.format(proj=work / "proj"),
+        "venv-pip": f"{PY} -m venv {work / 'venv'} && {work / 'venv' / 'bin' / 'pip'} install -q --no-index "
+                    f"--no-deps {wheel}",
     }
 
 
@@ -97,6 +106,8 @@ def test_the_session_as_a_whole_raises_nothing_medium_or_above(session):
     run, work = session
     assert (work / "hello").exists() and (work / "site" / "awdemo").is_dir()
     assert (work / "remote" / "notes.txt").read_text() == "notes\n"
+    assert (work / "proj" / "out" / "libf.a").exists()
+    assert list((work / "venv").glob("lib/python3*/site-packages/awdemo"))
     assert not run.at_least("medium"), run.describe()
 
 
@@ -110,3 +121,11 @@ def test_a_ci_fan_out_is_many_processes_and_no_scan(session):
            and r["network"]["daddr"] == NET_IP and r["network"]["dport"] == 80}
     assert len(tests) >= 60 and len(web) >= 12
     assert not [a for a in run.alerts if "involved" in a], run.describe()
+
+
+def test_developer_writes_make_no_file_record(session):
+    """A build, a venv, pip, git and ssh write thousands of files: none is a path that matters."""
+    run, work = session
+    written = [r["tamper"]["file"]["path"] for r in run.events
+               if r["type"] == "tamper" and r["tamper"]["kind"] == "write"]
+    assert written == []
