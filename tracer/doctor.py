@@ -302,6 +302,21 @@ def check_group_dead(host: Host):
     )
 
 
+@check("module loads")
+def check_module_loads(host: Host):
+    """init_module/finit_module are watched where their tracepoints exist (bpf/file.bpf.c)."""
+    root, why, fix = _tracefs(host)
+    if root is None:
+        return WARN, "cannot check without tracefs (see the tracefs row)", fix
+    have = [f"{c}/{e}" for c, e, _fn in probes.MODULE_TRACEPOINTS if Path(root, "events", c, e, "format").is_file()]
+    if len(have) == len(probes.MODULE_TRACEPOINTS):
+        named = Path(root, "events", *probes.MODULE_LOAD_TRACEPOINT[:2], "format").is_file()
+        return OK, "init_module and finit_module watched" + (", named by module/module_load" if named else ""), ""
+    if not have:
+        return OK, "kernel built without modules (no init_module/finit_module tracepoints): nothing to load", ""
+    return WARN, "only " + ", ".join(have) + " exist: module loads are watched in part", "a kernel with CONFIG_MODULES=y"
+
+
 @check("kprobes")
 def check_kprobes(host: Host):
     config, source = kernel_config(host)

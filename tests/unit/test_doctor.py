@@ -240,6 +240,18 @@ def test_tracefs_and_tracepoints(machine):
     assert doctor.check_group_dead(machine).status == OK
 
 
+def test_module_loads_are_watched_where_the_kernel_has_modules(machine, tmp_path):
+    row = doctor.check_module_loads(machine)
+    assert (row.status, row.detail) == (OK, "kernel built without modules (no init_module/finit_module "
+                                            "tracepoints): nothing to load")
+    events_dir = Path(probes.TRACEFS_CANDIDATES[0], "events")
+    for cat, event in [t[:2] for t in probes.MODULE_TRACEPOINTS] + [probes.MODULE_LOAD_TRACEPOINT[:2]]:
+        (events_dir / cat / event).mkdir(parents=True, exist_ok=True)
+        (events_dir / cat / event / "format").write_text(FORMAT.format(event=event, extra=""))
+    row = doctor.check_module_loads(machine)
+    assert (row.status, row.detail) == (OK, "init_module and finit_module watched, named by module/module_load")
+
+
 def test_missing_tracepoint_fails(machine, tmp_path, monkeypatch):
     root = make_tracefs(tmp_path / "other", skip=("syscalls/sys_enter_execveat",))
     monkeypatch.setattr(probes, "TRACEFS_CANDIDATES", (str(root),))
