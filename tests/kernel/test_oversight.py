@@ -216,3 +216,19 @@ def test_a_finit_module_attempt_is_seen(watched, probes):
     assert (m["syscall"], m["file"], m["name"]) == ("finit_module", "/dev/null", None)
     assert m["result"] != "ok"
     assert alerts(records, "kernel-module-load")
+
+
+def test_the_module_load_variant_compiles_and_passes_the_verifier():
+    """Where module:module_load exists its name is read too: that variant must build here as well."""
+    from bcc import BPF
+
+    from tracer import probes as tracer_probes
+
+    flags = tracer_probes.build_cflags(tracer_probes.ProbeConfig(self_tgid=os.getpid()),
+                                       tracer_probes.kernel_offsets(), None, module_name_at=12)
+    bpf = BPF(text=tracer_probes.program_text().encode(), cflags=flags)
+    try:
+        for name in (b"aw_module_load", b"aw_module_finit_enter", b"aw_module_exit", b"aw_file_finish"):
+            bpf.load_func(name, BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()
