@@ -161,26 +161,29 @@ def tracefs() -> str | None:
     return None
 
 
-def tracepoint_fields(category: str, event: str) -> set[str] | None:
-    """Field names from the running kernel's tracefs format file."""
+def _tracepoint_format(category: str, event: str) -> str | None:
+    """The running kernel's tracefs format file of a tracepoint, or None."""
     root = tracefs()
     if root is None:
         return None
     try:
-        text = Path(root, "events", category, event, "format").read_text()
+        return Path(root, "events", category, event, "format").read_text()
     except OSError:
+        return None
+
+
+def tracepoint_fields(category: str, event: str) -> set[str] | None:
+    """Field names from the running kernel's tracefs format file."""
+    text = _tracepoint_format(category, event)
+    if text is None:
         return None
     return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
 
 
 def tracepoint_field_offset(category: str, event: str, name: str) -> int | None:
     """Where a field of a tracepoint's record starts (tracefs format file), or None."""
-    root = tracefs()
-    if root is None:
-        return None
-    try:
-        text = Path(root, "events", category, event, "format").read_text()
-    except OSError:
+    text = _tracepoint_format(category, event)
+    if text is None:
         return None
     match = re.search(rf"field:[^;]*\b{re.escape(name)}(?:\[\d*\])?;\s*offset:(\d+);", text)
     return int(match.group(1)) if match else None
