@@ -153,6 +153,47 @@ class Compiler:
         raise TypeError(f"not an expanded condition node: {node!r}")  # a bug, not a user error
 
     # ----------------------------------------------------------------------
+    # Specialisation by record type.
+
+    def specialize(self, node, rtype: str):
+        """The expanded tree as it reads for records of one type: True, False or a (smaller) tree.
+
+        The engine dispatches on the record type, so inside one type's rules
+        every test of evt.type is a constant: `(evt.type = send and A) or
+        (evt.type = exec and B)` is just B for exec records, and B may then
+        have a guard (the whole never does). The constant is what the test's
+        own closure says of a record that holds nothing but the type, since
+        evt.type reads nothing else. Returns `node` itself when nothing folds.
+        """
+        if isinstance(node, (Compare, Exists)):
+            if node.field.name != "evt.type":
+                return node
+            probe = {"kind": "status"} if rtype == "status" else {"kind": "event", "type": rtype}
+            return bool(self.compile(node)(probe))
+        if isinstance(node, Not):
+            inner = self.specialize(node.operand, rtype)
+            if inner is node.operand:
+                return node
+            return (not inner) if inner.__class__ is bool else Not(inner)
+        if isinstance(node, (And, Or)):
+            absorbing = isinstance(node, Or)  # True ends an or, False ends an and
+            items = [self.specialize(i, rtype) for i in node.items]
+            if all(a is b for a, b in zip(items, node.items)):
+                return node
+            kept = []
+            for item in items:
+                if item is absorbing:
+                    return absorbing
+                if item is not (not absorbing):  # the neutral constant drops out
+                    kept.append(item)
+            if not kept:
+                return not absorbing
+            if len(kept) == 1:
+                return kept[0]
+            return Or(kept) if absorbing else And(kept)
+        return node
+
+    # ----------------------------------------------------------------------
     # Values.
 
     def values(self, node: Compare) -> list:

@@ -52,16 +52,19 @@ class Engine:
                 machine = Threshold(index, rule)
             else:
                 for t in rule.events:
-                    singles.setdefault(t, []).append((index, rule))
+                    typed = _typed(rule, t)
+                    if typed is not None:
+                        singles.setdefault(t, []).append((index, rule, *typed))
                 continue
             self._machines.append(machine)
             for t in machine.types:
                 self._stateful.setdefault(t, []).append(machine)
         for t, entries in singles.items():
             self._single[t] = _Plan(entries)
-        # Record types any rule reads; an agent or lineage threshold also learns who the ancestors
-        # are from exec records (not forks: a replay would then decode a quarter more records).
-        self.types = frozenset(self._single) | frozenset(self._stateful)
+        # Record types any rule reads (as written: a replay skips the others undecoded); an agent or
+        # lineage threshold also learns who the ancestors are from exec records (not forks: a
+        # replay would then decode a quarter more records).
+        self.types = frozenset(t for r in self.rules for t in r.all_events)
         if self._lineages is not None:
             self.types |= {"exec"}
 
@@ -104,6 +107,18 @@ def _order(hit: tuple[int, dict]) -> int:
     return hit[0]
 
 
+def _typed(item, t: str):
+    """(match, guard) of a rule or a sequence step for records of type t; None if it can never match them.
+
+    Where the condition tests evt.type, the loader compiled it once per type
+    with those tests folded away (loader._by_type).
+    """
+    by_type = item.by_type
+    if t in by_type:
+        return by_type[t]
+    return item.match, item.guard
+
+
 class _Plan:
     """The single-event rules of one record type, indexed by their guards (compiler.Compiler.guard).
 
@@ -116,15 +131,15 @@ class _Plan:
     """
 
     def __init__(self, entries: list) -> None:
-        self.entries = {index: (rule, rule.match) for index, rule in entries}
+        self.entries = {index: (rule, match) for index, rule, match, _ in entries}
         always = []
         eq: dict[str, dict] = {}
         sub: dict[str, dict] = {}
-        for index, rule in entries:
-            if rule.guard is None:
-                always.append((index, rule, rule.match))
+        for index, rule, match, guard in entries:
+            if guard is None:
+                always.append((index, rule, match))
                 continue
-            for kind, name, values in rule.guard:
+            for kind, name, values in guard:
                 table = (eq if kind == "eq" else sub).setdefault(name, {})
                 for v in values:
                     table.setdefault(v, set()).add(index)
@@ -335,8 +350,10 @@ class Sequence(_Stateful):
         self.steps_for: dict[str, tuple] = {}
         for k, step in enumerate(spec.steps):
             for t in step.events:
-                self.types.add(t)
-                self.steps_for[t] = self.steps_for.get(t, ()) + ((k, guarded(step.match, step.guard)),)
+                typed = _typed(step, t)
+                if typed is not None:
+                    self.types.add(t)
+                    self.steps_for[t] = self.steps_for.get(t, ()) + ((k, guarded(*typed)),)
 
     def _anchors(self, rec: dict) -> list | None:
         """(state key, process key that must match or None) for each key the record may continue."""
@@ -484,6 +501,16 @@ def _value_of(flds: list):
     return many
 
 
+def _matches_by_type(rule) -> dict:
+    """Record type -> the rule's guarded condition for it, for the types it can match."""
+    out = {}
+    for t in rule.events:
+        typed = _typed(rule, t)
+        if typed is not None:
+            out[t] = guarded(*typed)
+    return out
+
+
 class Threshold(_Stateful):
     """At least `count` matching records (or distinct values) within `within` seconds, per process.
 
@@ -501,11 +528,11 @@ class Threshold(_Stateful):
         self.count = spec.count
         self.distinct = tuple(F.field(name).get for name in spec.distinct)
         self._value = _value_of([F.field(name) for name in spec.distinct])
-        self.types = set(rule.events)
-        self.match = guarded(rule.match, rule.guard)
+        self.match_for = _matches_by_type(rule)
+        self.types = set(self.match_for)
 
     def feed(self, rec: dict, t: str):
-        if not self.match(rec):
+        if not self.match_for[t](rec):
             return None
         key = self.key(rec)
         if key is None:
@@ -691,12 +718,12 @@ class GroupThreshold(_Stateful):
         self.processes = spec.processes
         self.distinct = bool(spec.distinct)
         self._value = _value_of([F.field(name) for name in spec.distinct])
-        self.types = set(rule.events)
-        self.match = guarded(rule.match, rule.guard)
+        self.match_for = _matches_by_type(rule)
+        self.types = set(self.match_for)
         self.lineages = lineages
 
     def feed(self, rec: dict, t: str):
-        if not self.match(rec):
+        if not self.match_for[t](rec):
             return None
         aid = _agent_key(rec)
         if aid is None:

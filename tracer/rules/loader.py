@@ -71,6 +71,7 @@ class Step:
     src: Source
     match: Predicate | None = None
     guard: tuple | None = None
+    by_type: dict = field(default_factory=dict)  # see Rule.by_type
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Rule:
     where: Where
     match: Predicate | None = None  # condition and not exceptions (single-event and threshold rules)
     guard: tuple[str, frozenset] | None = None
+    # Record type -> (match, guard) where tests of evt.type fold away for that type
+    # (Compiler.specialize), or None where the rule can never match it; types not
+    # here use match and guard.
+    by_type: dict = field(default_factory=dict)
     # Alerts delivered per (rule, agent): None, the session's default; False, never limited;
     # (count, seconds), this rule's own (tracer/ratelimit.py).
     rate_limit: tuple[int, float] | bool | None = None
@@ -785,11 +790,8 @@ def _compile_rule(compiler: Compiler, rule: Rule) -> None:
     owner = f"{rule.where}: rule {rule.id}"
     try:
         cond_tree = compiler.expand(rule.tree) if rule.tree is not None else None
-        exc_fns = []
-        for e in rule.exceptions:
-            tree = _exception_tree(rule, e)
-            if tree is not None:
-                exc_fns.append(compiler.compile(tree))
+        exc_trees = [t for t in (_exception_tree(rule, e) for e in rule.exceptions) if t is not None]
+        exc_fns = [compiler.compile(t) for t in exc_trees]
         if rule.sequence is not None:
             for step in rule.sequence.steps:
                 step_tree = compiler.expand(step.tree)
@@ -797,16 +799,43 @@ def _compile_rule(compiler: Compiler, rule: Rule) -> None:
                     step_tree = And([cond_tree, step_tree])
                 step.match = _with_exceptions(compiler.compile(step_tree), exc_fns)
                 step.guard = compiler.guard(step_tree)
+                step.by_type = _by_type(compiler, step_tree, exc_trees, step.events)
             rule.match = None
             rule.guard = None
             return
         cond = compiler.compile(cond_tree)
         rule.match = _with_exceptions(cond, exc_fns)
         rule.guard = compiler.guard(cond_tree)
+        rule.by_type = _by_type(compiler, cond_tree, exc_trees, rule.events)
     except ConditionError as exc:
         if exc.src is not None and exc.src.text == "":  # an exception: no text to point into
             raise RulesError(f"{exc.src.file}:{exc.src.line}: {exc.src.owner}: {exc.src.what}: {exc.message}") from None
         raise _condition_error(exc, owner) from None
+
+
+def _by_type(compiler: Compiler, tree, exc_trees: list, types: tuple[str, ...]) -> dict:
+    """Rule.by_type: per record type, the condition and exceptions with evt.type folded away.
+
+    Only the types where something folds are listed; None marks a type the
+    condition (or an exception that always holds) rules out.
+    """
+    out: dict = {}
+    for t in types:
+        cond = compiler.specialize(tree, t)
+        excs = [compiler.specialize(e, t) for e in exc_trees]
+        if cond is tree and all(a is b for a, b in zip(excs, exc_trees)):
+            continue
+        if cond is False or any(e is True for e in excs):
+            out[t] = None
+            continue
+        match = _always if cond is True else compiler.compile(cond)
+        out[t] = (_with_exceptions(match, [compiler.compile(e) for e in excs if e is not False]),
+                  None if cond is True else compiler.guard(cond))
+    return out
+
+
+def _always(_r: dict) -> bool:
+    return True
 
 
 def _with_exceptions(cond: Predicate, excs: list[Predicate]) -> Predicate:
