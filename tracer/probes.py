@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import events, watched_files
+from . import bpfobject, events, watched_files
 from .btf import BtfError, load_btf
 
 MAIN_SOURCE = events.BPF_DIR / "agentwatch.bpf.c"
@@ -244,14 +244,17 @@ def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[
     if config.ringbuf_pages <= 0 or config.ringbuf_pages & (config.ringbuf_pages - 1):
         raise ProbeError(f"ring buffer pages must be a power of two, not {config.ringbuf_pages}")
     flags = [f"-I{events.BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
+    # What changes from run to run is not compiled in, so that one compiled object serves
+    # every run of a mode (tracer/bpfobject.py): agentwatch's tgid is a placeholder written
+    # over at load, and the two map sizes are given when the maps are made (map_sizes()).
     flags += [
-        f"-DAW_RINGBUF_PAGES={config.ringbuf_pages}",
+        f"-DAW_RINGBUF_PAGES={ProbeConfig.ringbuf_pages}",
         f"-DAW_HOST_WIDE={1 if config.host_wide else 0}",
-        f"-DAW_SELF_TGID={config.self_tgid}",
+        f"-DAW_SELF_TGID={bpfobject.SELF_TGID_PLACEHOLDER}",
         f"-DAW_CGROUP_MEMBERSHIP={1 if config.cgroups else 0}",
         f"-DAW_GUARD_KILL={1 if config.guard_kill else 0}",
         f"-DAW_FLEET={1 if config.fleet else 0}",
-        f"-DAW_CGROUPS_MAX={config.cgroups_max}",
+        f"-DAW_CGROUPS_MAX={ProbeConfig.cgroups_max}",
     ]
     if exit_fields and "group_dead" in exit_fields:
         flags.append("-DAW_EXIT_HAS_GROUP_DEAD=1")
@@ -262,6 +265,11 @@ def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[
 
 def program_text() -> str:
     return expand_includes(MAIN_SOURCE)
+
+
+def map_sizes(config: ProbeConfig) -> dict[str, int]:
+    """The per-run map sizes build_cflags leaves out of the compile: map name -> max_entries."""
+    return {"aw_events": config.ringbuf_pages * os.sysconf("SC_PAGE_SIZE"), "aw_cgroups": config.cgroups_max}
 
 
 def _detach_tracepoints(bpf) -> None:
@@ -296,7 +304,7 @@ class Probes:
                 "tracefs is not mounted: run `mount -t tracefs tracefs /sys/kernel/tracing`"
             )
         try:
-            from bcc import BPF  # noqa: PLC0415  (the one place bcc is imported)
+            import bcc  # noqa: F401, PLC0415  (compiles, and its libbcc loads: tracer/bpfobject.py)
         except ImportError:
             raise ProbeError(
                 "the bcc Python module is missing: run `make setup` "
@@ -308,8 +316,18 @@ class Probes:
         self.cflags = build_cflags(config, offsets, tracepoint_fields("sched", "sched_process_exit"), name_at)
         started = time.monotonic()
         try:
-            self._bpf = BPF(text=program_text().encode(), cflags=self.cflags)
-        except Exception as exc:  # BCC raises bare Exception for compile and load errors
+            obj, self.from_cache = bpfobject.compiled(program_text(), self.cflags)
+        except Exception as exc:  # BCC raises bare Exception for compile errors
+            raise ProbeError(f"cannot compile the BPF programs: {exc}") from None
+        self.compile_seconds = 0.0 if self.from_cache else time.monotonic() - started
+        try:
+            self._bpf = bpfobject.LoadedObject(
+                obj, constants={bpfobject.SELF_TGID_PLACEHOLDER: config.self_tgid}, max_entries=map_sizes(config))
+            self._bpf.autoload()
+        except (bpfobject.ObjectError, OSError) as exc:
+            bpf = getattr(self, "_bpf", None)
+            if bpf is not None:
+                bpf.cleanup()
             raise ProbeError(f"cannot load the BPF programs: {exc}") from None
         try:
             self._arm_files(name_at is not None)
@@ -334,12 +352,10 @@ class Probes:
 
     def _arm_files(self, module_load: bool) -> None:
         """bpf/file.bpf.c: the marked names, the one program every exit probe tail-calls, module loads."""
-        from bcc import BPF  # noqa: PLC0415
-
         names = self._bpf[b"aw_file_names"]
         for h in watched_files.marked_hashes():
             names[ct.c_uint64(h)] = ct.c_uint8(1)
-        finish = self._bpf.load_func(b"aw_file_finish", BPF.TRACEPOINT)
+        finish = self._bpf.load_func(b"aw_file_finish", bpfobject.PROG_TRACEPOINT)
         self._bpf[b"aw_file_tail"][ct.c_int(0)] = ct.c_int(finish.fd)
         self.module_tracepoints = [f"{c}:{e}" for c, e, _fn in module_tracepoints()]
         for category, event, fn in module_tracepoints():
@@ -484,6 +500,9 @@ POLICY_HOOKS = (
     ("aw_policy_sendmsg4", "CGROUP_UDP4_SENDMSG"),
     ("aw_policy_sendmsg6", "CGROUP_UDP6_SENDMSG"),
 )
+# enum bpf_attach_type (linux/bpf.h)
+ATTACH_TYPES = {"CGROUP_INET4_CONNECT": 10, "CGROUP_INET6_CONNECT": 11,
+                "CGROUP_UDP4_SENDMSG": 14, "CGROUP_UDP6_SENDMSG": 15}
 POLICY_RULES = 64  # AW_POL_RULES
 BPF_F_ALLOW_MULTI = 2
 
@@ -502,20 +521,26 @@ class PolicyProbes:
         if os.geteuid() != 0:
             raise ProbeError("containment needs root (CAP_BPF, CAP_NET_ADMIN, write access to cgroupfs)")
         try:
-            from bcc import BPF, BPFAttachType  # noqa: PLC0415
+            import bcc  # noqa: F401, PLC0415
         except ImportError:
             raise ProbeError("the bcc Python module is missing: run `make setup`") from None
-        self._BPF = BPF
         cflags = [f"-I{events.BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(kernel_offsets().items())]
         started = time.monotonic()
         try:
-            self._bpf = BPF(text=expand_includes(POLICY_SOURCE).encode(), cflags=cflags)
+            obj, self.from_cache = bpfobject.compiled(expand_includes(POLICY_SOURCE), cflags)
+        except Exception as exc:  # BCC raises bare Exception for compile errors
+            raise ProbeError(f"cannot compile the egress policy programs: {exc}") from None
+        try:
+            self._bpf = bpfobject.LoadedObject(obj)
             self._fns = [
-                (self._bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=getattr(BPFAttachType, kind)),
-                 getattr(BPFAttachType, kind))
+                (self._bpf.load_func(name, bpfobject.PROG_CGROUP_SOCK_ADDR, attach_type=ATTACH_TYPES[kind]),
+                 ATTACH_TYPES[kind])
                 for name, kind in POLICY_HOOKS
             ]
-        except Exception as exc:  # BCC raises bare Exception for compile and load errors
+        except (bpfobject.ObjectError, OSError) as exc:
+            bpf = getattr(self, "_bpf", None)
+            if bpf is not None:
+                bpf.cleanup()
             raise ProbeError(f"cannot load the egress policy programs: {exc}") from None
         self.armed_seconds = time.monotonic() - started
         self._attached: list = []
@@ -573,7 +598,7 @@ class PolicyProbes:
         self._cgroup_fd = fd
         try:
             for fn, kind in self._fns:
-                self._BPF.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI if multi else 0)
+                self._bpf.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI if multi else 0)
                 self._attached.append((fn, kind))
         except Exception as exc:
             self.detach()
@@ -590,12 +615,12 @@ class PolicyProbes:
         done = []
         try:
             for fn, kind in self._fns:
-                self._BPF.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI)
+                self._bpf.attach_func(fn, fd, kind, BPF_F_ALLOW_MULTI)
                 done.append((fn, kind))
         except Exception as exc:
             for fn, kind in done:
                 try:
-                    self._BPF.detach_func(fn, fd, kind)
+                    self._bpf.detach_func(fn, fd, kind)
                 except Exception:  # noqa: BLE001
                     pass
             os.close(fd)
@@ -609,7 +634,7 @@ class PolicyProbes:
             return
         for fn, kind in self._fns:
             try:
-                self._BPF.detach_func(fn, fd, kind)
+                self._bpf.detach_func(fn, fd, kind)
             except Exception:  # noqa: BLE001  (the cgroup is gone, and its attachments with it)
                 pass
         os.close(fd)
@@ -625,7 +650,7 @@ class PolicyProbes:
         attached, self._attached = self._attached, []
         for fn, kind in attached:
             try:
-                self._BPF.detach_func(fn, fd, kind)
+                self._bpf.detach_func(fn, fd, kind)
             except Exception:  # the cgroup is gone, and its attachments with it
                 pass
         if fd is not None:
