@@ -25,6 +25,8 @@ from typing import Callable
 from . import fields as F
 from .alerts import alert_record
 
+_record_seconds = F.record_seconds
+
 MAX_KEYS = 16384  # per stateful rule: with EVIDENCE_MAX, what bounds the records held
 EVIDENCE_MAX = 5  # records kept per key as a threshold alert's evidence (the latest)
 INVOLVED_MAX = 8  # processes listed in an agent or lineage threshold's alert (the latest); the rest counted
@@ -37,7 +39,7 @@ class Engine:
     def __init__(self, rules: list) -> None:
         self.rules = [r for r in rules if r.enabled]
         self._single: dict[str, _Plan] = {}
-        self._stateful: dict[str, list] = {}
+        self._stateful: dict = {}  # record type -> _Machines
         self._machines: list = []
         self._lineages: _Lineages | None = None
         singles: dict[str, list] = {}
@@ -61,6 +63,7 @@ class Engine:
                 self._stateful.setdefault(t, []).append(machine)
         for t, entries in singles.items():
             self._single[t] = _Plan(entries)
+        self._stateful = {t: _Machines(ms, t) for t, ms in self._stateful.items()}
         # Record types any rule reads (as written: a replay skips the others undecoded); an agent or
         # lineage threshold also learns who the ancestors are from exec records (not forks: a
         # replay would then decode a quarter more records).
@@ -86,7 +89,7 @@ class Engine:
             out = plan.run(rec)
         machines = self._stateful.get(t)
         if machines is not None:
-            for m in machines:
+            for m in machines.reached(rec):
                 hit = m.feed(rec, t)
                 if hit is not None:
                     if out is None:
@@ -119,49 +122,35 @@ def _typed(item, t: str):
     return item.match, item.guard
 
 
-class _Plan:
-    """The single-event rules of one record type, indexed by their guards (compiler.Compiler.guard).
+class _GuardIndex:
+    """Which of some rules (or stateful rules) may match a record, by their guards (compiler.Compiler.guard).
 
-    Rules without a guard are tested on every record. The others are
-    candidates when a guard alternative holds: an "eq" alternative is one
-    dict lookup per field; a "sub" alternative is a scan of the field's text
-    for the literals of every rule that has one. Text that is not ASCII is
-    not scanned (case folding beyond ASCII is not lower()): every rule with a
-    "sub" guard on that field is a candidate then.
+    Entries without a guard are not indexed: the caller tests them on every
+    record. The others are candidates when a guard alternative holds: an
+    "eq" alternative is one dict lookup per field; a "sub" alternative is a
+    scan of the field's text for the literals of every entry that has one.
+    Text that is not ASCII is not scanned (case folding beyond ASCII is not
+    lower()): every entry with a "sub" guard on that field is a candidate then.
     """
 
-    def __init__(self, entries: list) -> None:
-        self.entries = {index: (rule, match) for index, rule, match, _ in entries}
-        always = []
+    def __init__(self, guards: list) -> None:  # (index, guard)
         eq: dict[str, dict] = {}
         sub: dict[str, dict] = {}
-        for index, rule, match, guard in entries:
-            if guard is None:
-                always.append((index, rule, match))
-                continue
+        for index, guard in guards:
             for kind, name, values in guard:
                 table = (eq if kind == "eq" else sub).setdefault(name, {})
                 for v in values:
                     table.setdefault(v, set()).add(index)
-        self.always = tuple(always)
         self.eq = tuple((F.field(name).get, {v: frozenset(i) for v, i in table.items()}) for name, table in eq.items())
         self.sub = tuple(
             (F.field(name).get, _any_literal(table), tuple((lit, frozenset(i)) for lit, i in sorted(table.items())),
              frozenset().union(*table.values()))
             for name, table in sub.items()
         )
-        self.indexed = bool(self.eq or self.sub)
 
-    def run(self, rec: dict) -> list | None:
-        out = None
-        for index, rule, match in self.always:
-            if match(rec):
-                if out is None:
-                    out = []
-                out.append((index, alert_record(rule, [rec])))
-        if not self.indexed:
-            return out
-        cands = None  # a frozenset of rule indexes, made only when something hits
+    def hits(self, rec: dict) -> frozenset | None:
+        """The indexes of the entries a guard alternative of which holds; None for none."""
+        cands = None  # a frozenset of indexes, made only when something hits
         for get, table in self.eq:
             hits = table.get(get(rec))
             if hits is not None:
@@ -179,6 +168,28 @@ class _Plan:
                         cands = hits if cands is None else cands | hits
             else:
                 cands = everyone if cands is None else cands | everyone
+        return cands
+
+
+class _Plan:
+    """The single-event rules of one record type: those without a guard on every record, the others by _GuardIndex."""
+
+    def __init__(self, entries: list) -> None:  # (index, rule, match, guard)
+        self.entries = {index: (rule, match) for index, rule, match, _ in entries}
+        self.always = tuple((index, rule, match) for index, rule, match, guard in entries if guard is None)
+        guards = [(index, guard) for index, _, _, guard in entries if guard is not None]
+        self.index = _GuardIndex(guards) if guards else None
+
+    def run(self, rec: dict) -> list | None:
+        out = None
+        for index, rule, match in self.always:
+            if match(rec):
+                if out is None:
+                    out = []
+                out.append((index, alert_record(rule, [rec])))
+        if self.index is None:
+            return out
+        cands = self.index.hits(rec)
         if cands is not None:
             entries = self.entries
             for index in cands:
@@ -188,6 +199,46 @@ class _Plan:
                         out = []
                     out.append((index, alert_record(rule, [rec])))
         return out
+
+
+class _Machines:
+    """The stateful rules of one record type, and which of them a record can reach.
+
+    A sequence or threshold only changes its state when its condition (or a
+    step's) holds, so the rules none of whose guards hold for this type
+    (Sequence.gate, Threshold.gate) are not fed the record at all: a connect
+    to a private address costs nothing to the external-scan thresholds. The
+    ones fed are fed in rule order, as without the index.
+    """
+
+    def __init__(self, machines: list, t: str) -> None:
+        self.all = tuple(machines)
+        gates = [(k, m.gate(t)) for k, m in enumerate(machines)]
+        self.always = frozenset(k for k, g in gates if g is None)
+        indexed = [(k, g) for k, g in gates if g is not None]
+        self.index = _GuardIndex(indexed) if indexed else None
+        self._chosen: dict = {}  # candidate set -> the machines, in rule order (few distinct sets)
+
+    def reached(self, rec: dict) -> tuple:
+        if self.index is None:
+            return self.all
+        cands = self.index.hits(rec)
+        chosen = self._chosen.get(cands)
+        if chosen is None:
+            ks = self.always if cands is None else self.always | cands
+            chosen = self._chosen[cands] = tuple(self.all[k] for k in sorted(ks))
+        return chosen
+
+
+def _merge_guards(guards: list):
+    """One guard that holds whenever one of the guards does (None if one of them is None)."""
+    if not guards or any(g is None for g in guards):
+        return None
+    merged: dict[tuple[str, str], set] = {}
+    for g in guards:
+        for kind, name, values in g:
+            merged.setdefault((kind, name), set()).update(values)
+    return tuple((kind, name, frozenset(values)) for (kind, name), values in merged.items())
 
 
 def guarded(match: Callable[[dict], bool], guard) -> Callable[[dict], bool]:
@@ -348,12 +399,18 @@ class Sequence(_Stateful):
         self.n = len(spec.steps)
         self.types: set[str] = set()
         self.steps_for: dict[str, tuple] = {}
+        self._gates: dict[str, list] = {}  # record type -> the guards of its steps
         for k, step in enumerate(spec.steps):
             for t in step.events:
                 typed = _typed(step, t)
                 if typed is not None:
                     self.types.add(t)
                     self.steps_for[t] = self.steps_for.get(t, ()) + ((k, guarded(*typed)),)
+                    self._gates.setdefault(t, []).append(typed[1])
+
+    def gate(self, t: str):
+        """A guard that holds whenever a step can take a record of type t (None: always try)."""
+        return _merge_guards(self._gates[t])
 
     def _anchors(self, rec: dict) -> list | None:
         """(state key, process key that must match or None) for each key the record may continue."""
@@ -511,6 +568,12 @@ def _matches_by_type(rule) -> dict:
     return out
 
 
+def _threshold_gate(rule, t: str):
+    """A threshold's guard for records of type t (None: always try)."""
+    typed = _typed(rule, t)
+    return typed[1] if typed is not None else None
+
+
 class Threshold(_Stateful):
     """At least `count` matching records (or distinct values) within `within` seconds, per process.
 
@@ -523,7 +586,6 @@ class Threshold(_Stateful):
         self.index = index
         self.rule = rule
         spec = rule.threshold
-        self.key = _process_key  # by agent and by lineage: GroupThreshold
         self.within = spec.within
         self.count = spec.count
         self.distinct = tuple(F.field(name).get for name in spec.distinct)
@@ -531,36 +593,49 @@ class Threshold(_Stateful):
         self.match_for = _matches_by_type(rule)
         self.types = set(self.match_for)
 
+    def gate(self, t: str):
+        return _threshold_gate(self.rule, t)
+
     def feed(self, rec: dict, t: str):
+        # The hot path of a replay (every private connect meets several of these): the key,
+        # the clock and the LRU touch are written out here rather than called.
         if not self.match_for[t](rec):
             return None
-        key = self.key(rec)
-        if key is None:
+        p = rec.get("process")
+        if p.__class__ is not dict:
             return None
-        if self.distinct:
+        key = p.get("key")
+        if key.__class__ is not str:
+            return None
+        distinct = self.distinct
+        if distinct:
             value = self._value(rec)
             if value is None:  # a record without one of the fields does not count
                 return None
-        now = self.clock(rec)
+        now = _record_seconds(rec)
         if now is None:
             return None
+        if now >= self._sweep_at:
+            self.expire(now)
+            self._sweep_at = now + SWEEP_SECONDS
         state = self.state
         w = state.get(key)
         if w is None:
-            w = _Window(bool(self.distinct), now)
+            w = state[key] = _Window(bool(distinct), now)  # a new key goes last: most recently used
+            if len(state) > MAX_KEYS:
+                state.popitem(last=False)
         elif now < w.quiet_until:
             return None
         else:
             w.last = now
-        _touch(state, key, w)
+            state.move_to_end(key)
         cutoff = now - self.within
-        if self.distinct:
+        if distinct:
             seen = w.hits
             seen[value] = now
             seen.move_to_end(value)
             while True:  # seen is never empty here
-                first, at = next(iter(seen.items()))
-                if at >= cutoff:
+                if next(iter(seen.values())) >= cutoff:
                     break
                 seen.popitem(last=False)
             n = len(seen)
@@ -574,7 +649,7 @@ class Threshold(_Stateful):
         if n < self.count:
             return None
         evidence = [r for at, r in w.evidence if at >= cutoff]
-        fresh = _Window(bool(self.distinct), now)
+        fresh = _Window(bool(distinct), now)
         fresh.quiet_until = now + self.within
         state[key] = fresh
         return self.index, alert_record(self.rule, evidence, count=n)
@@ -721,6 +796,9 @@ class GroupThreshold(_Stateful):
         self.match_for = _matches_by_type(rule)
         self.types = set(self.match_for)
         self.lineages = lineages
+
+    def gate(self, t: str):
+        return _threshold_gate(self.rule, t)
 
     def feed(self, rec: dict, t: str):
         if not self.match_for[t](rec):
