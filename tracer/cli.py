@@ -388,7 +388,10 @@ def watch(pids, host_wide, cgroup_path, policy_path, dry_run, duration, labels, 
 @sink_option
 @click.option("--alert-rate", "alert_rate", metavar="N/SECONDS", default=None,
               help="As for run: at most N alerts per rule and agent in SECONDS of record time.")
-def replay(file, rules_paths, events, fmt, output, sinks, alert_rate):
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Worker processes, records split by agent (0: one per CPU). The alerts are those of --jobs 1, "
+                   "in the same order; a file of one agent gains nothing.")
+def replay(file, rules_paths, events, fmt, output, sinks, alert_rate, jobs):
     """Run the rules over recorded JSON lines (FILE, or - for stdin) and print the alerts.
 
     Record with `agentwatch run --events -o FILE ...`. Time comes from the
@@ -396,6 +399,8 @@ def replay(file, rules_paths, events, fmt, output, sinks, alert_rate):
     """
     from .replay import ReplayError, replay as replay_records  # noqa: PLC0415
 
+    if jobs == 0:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rate = _alert_rate(alert_rate)
     ruleset = _load_rules(rules_paths)
     engine = Engine(ruleset.rules)
@@ -409,7 +414,7 @@ def replay(file, rules_paths, events, fmt, output, sinks, alert_rate):
                 fail(f"cannot open {file}: {exc.strerror}")
         writer = _rate_limited(stack, _writer(stack, fmt, output, sinks), ruleset, rate, None, live=False)
         try:
-            replay_records(stream, file, engine, writer, events)
+            replay_records(stream, file, engine, writer, events, jobs)
         except ReplayError as exc:
             writer.flush()
             fail(str(exc))
