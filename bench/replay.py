@@ -9,10 +9,14 @@ every time forward past the previous copy and gives every process a new pid
 (and key) and the agent a new id, so to the engine it is a long run of one
 host with many agents. Throughput is records / (wall time - the time to
 replay a 10-record file), with the default rules, alerts to a tmpfs file.
+Each repetition replays the file with --jobs 1 (the keys without a prefix)
+and, where the command has it, --jobs 2 (the jobs2_* keys; jobs2_same_output
+says whether the two outputs are byte for byte the same).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -127,23 +131,42 @@ def build_file(template: Template, target: int, path: Path) -> int:
     return n
 
 
-def timed_replay(aw: Agentwatch, path: Path, timeout: float) -> tuple[float | None, int, str]:
+def timed_replay(aw: Agentwatch, path: Path, timeout: float, jobs: int = 1) -> tuple[float | None, int, str]:
+    wall, alerts, err, _ = timed_replay_digest(aw, path, timeout, jobs)
+    return wall, alerts, err
+
+
+def timed_replay_digest(aw: Agentwatch, path: Path, timeout: float, jobs: int = 1):
+    """(wall s or None, alerts, error, sha1 of the output) of one `agentwatch replay`."""
     out = SHM / f"awbench-replay-out-{os.getpid()}.jsonl"
+    out.unlink(missing_ok=True)
+    cmd = [*aw.replay(str(path)), "--output", str(out)] + (["--jobs", str(jobs)] if jobs != 1 else [])
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([*aw.replay(str(path)), "--output", str(out)], capture_output=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         out.unlink(missing_ok=True)
-        return None, 0, f"timed out after {timeout:.0f} s"
+        return None, 0, f"timed out after {timeout:.0f} s", ""
     wall = time.monotonic() - t0
     alerts = 0
+    digest = hashlib.sha1()
     if out.exists():
         with out.open("rb") as f:
-            alerts = sum(1 for line in f if b'"kind":"alert"' in line)
+            for line in f:
+                digest.update(line)
+                alerts += b'"kind":"alert"' in line
         out.unlink()
     if proc.returncode:
-        return None, alerts, proc.stderr.decode(errors="replace")[-300:]
-    return wall, alerts, ""
+        return None, alerts, proc.stderr.decode(errors="replace")[-300:], ""
+    return wall, alerts, "", digest.hexdigest()
+
+
+def has_jobs(aw: Agentwatch) -> bool:
+    try:
+        proc = subprocess.run([*aw.cmd, "replay", "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--jobs" in proc.stdout
 
 
 def measure(aw: Agentwatch, progs: dict[str, str], mix, target: int, time_cap: float, reps: int, log) -> dict:
@@ -176,23 +199,46 @@ def measure(aw: Agentwatch, progs: dict[str, str], mix, target: int, time_cap: f
         if wall is None:
             return {"unavailable": f"replay failed: {err}"}
         rate = n_probe / max(1e-6, wall - startup_s)
+        jobs2 = has_jobs(aw)
+        passes = reps * (2 if jobs2 else 1)  # jobs 2 is not slower than jobs 1: a bound
         size = target
         note = ""
-        if size / rate * reps > time_cap:
-            size = max(n_probe, int(rate * time_cap / reps))
+        if size / rate * passes > time_cap:
+            size = max(n_probe, int(rate * time_cap / passes))
             note = f"file cut to {size} records to fit {time_cap:.0f} s (projected {target / rate:.0f} s per replay)"
         big = d / "big.jsonl"
         t0 = time.monotonic()
         n = build_file(template, size, big)
         gen_s = time.monotonic() - t0
-        runs = []
+        runs, runs2 = [], []
+        same = True
         for i in range(reps):
             log(f"  replay of {n} records {i + 1}/{reps}")
-            wall, alerts, err = timed_replay(aw, big, time_cap)
+            wall, alerts, err, digest = timed_replay_digest(aw, big, time_cap)
             if wall is None:
                 return {"unavailable": f"replay failed: {err}"}
             runs.append({"wall_s": wall, "alerts": alerts})
+            if jobs2:
+                log(f"  replay of {n} records {i + 1}/{reps}, --jobs 2")
+                wall2, alerts2, err2, digest2 = timed_replay_digest(aw, big, time_cap, jobs=2)
+                if wall2 is None:
+                    jobs2 = False
+                    note = (note + "; " if note else "") + f"--jobs 2 failed: {err2}"
+                    runs2 = []
+                else:
+                    runs2.append({"wall_s": wall2, "alerts": alerts2})
+                    same = same and digest2 == digest
         size_mb = big.stat().st_size / 2**20
+    multi = {}
+    if runs2:
+        multi = {
+            "jobs2_wall_s": summary([r["wall_s"] for r in runs2]),
+            "jobs2_events_per_s": summary([n / max(1e-6, r["wall_s"] - startup_s) for r in runs2]),
+            "jobs2_events_per_s_gross": summary([n / r["wall_s"] for r in runs2]),
+            "jobs2_alerts": runs2[0]["alerts"],
+            "jobs2_same_output": same,
+            "cpus": os.cpu_count(),
+        }
     return {
         "records": n,
         "template_records": len(lines),
@@ -205,4 +251,5 @@ def measure(aw: Agentwatch, progs: dict[str, str], mix, target: int, time_cap: f
         "events_per_s_gross": summary([n / r["wall_s"] for r in runs]),
         "alerts": runs[0]["alerts"],
         "note": note,
+        **multi,
     }
