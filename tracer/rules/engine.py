@@ -400,13 +400,22 @@ class Sequence(_Stateful):
         self.types: set[str] = set()
         self.steps_for: dict[str, tuple] = {}
         self._gates: dict[str, list] = {}  # record type -> the guards of its steps
+        typed_steps: dict[str, list] = {}
         for k, step in enumerate(spec.steps):
             for t in step.events:
                 typed = _typed(step, t)
                 if typed is not None:
                     self.types.add(t)
-                    self.steps_for[t] = self.steps_for.get(t, ()) + ((k, guarded(*typed)),)
+                    typed_steps.setdefault(t, []).append((k, typed))
                     self._gates.setdefault(t, []).append(typed[1])
+        for t, steps in typed_steps.items():
+            # The engine feeds a record only when the gate (the steps' guards merged) holds: with
+            # one step for the type that is the step's own guard, so its condition runs bare.
+            if len(steps) == 1:
+                (k, (match, _)), = steps
+                self.steps_for[t] = ((k, match),)
+            else:
+                self.steps_for[t] = tuple((k, guarded(*typed)) for k, typed in steps)
 
     def gate(self, t: str):
         """A guard that holds whenever a step can take a record of type t (None: always try)."""
@@ -559,12 +568,16 @@ def _value_of(flds: list):
 
 
 def _matches_by_type(rule) -> dict:
-    """Record type -> the rule's guarded condition for it, for the types it can match."""
+    """Record type -> the rule's condition for it, for the types it can match.
+
+    Bare, not behind its guard: the engine feeds a threshold only the records
+    its guard lets through (_Machines), so testing it again would be waste.
+    """
     out = {}
     for t in rule.events:
         typed = _typed(rule, t)
         if typed is not None:
-            out[t] = guarded(*typed)
+            out[t] = typed[0]
     return out
 
 

@@ -233,13 +233,35 @@ def _exit_code(r: dict):
     return v if v.__class__ is int else None
 
 
-def _net_internal(r: dict):
-    n = r.get("network")
-    if n.__class__ is dict:
-        scope = n.get("scope")
-        if scope.__class__ is str:
-            return scope != "external"
+def _memo_on(top: str, compute: Callable[[dict], object]) -> Getter:
+    """A field derived from record[top] (a dict), computed once per such object, as _memo_on_process."""
+    last_d = None
+    last_v = None
+
+    def get(r: dict):
+        nonlocal last_d, last_v
+        d = r.get(top)
+        if d is last_d:
+            return last_v
+        if d.__class__ is not dict:
+            return None
+        v = compute(d)
+        last_d = d
+        last_v = v
+        return v
+
+    return get
+
+
+def _internal(n: dict):
+    scope = n.get("scope")
+    if scope.__class__ is str:
+        return scope != "external"
     return None
+
+
+# Read by most connect rules (several thresholds each): once per record.
+_net_internal = _memo_on("network", _internal)
 
 
 def _nested(top: str, mid: str, key: str, typ: type) -> Getter:
