@@ -105,6 +105,21 @@ def test_jobs_give_the_bytes_of_one_job(jobs, from_file, tmp_path):
     assert run(DATA, jobs, tmp_path if from_file else None) == one
 
 
+@pytest.mark.parametrize("from_file", [True, False])
+def test_a_last_line_without_newline_is_read_and_a_broken_one_fails_alike(from_file, tmp_path):
+    data = DATA.rstrip(b"\n")
+    assert run(data, 2, tmp_path if from_file else None) == run(data, 1)
+    broken = DATA + b'{"kind":"event","type":"exec","time":"2026-'
+    messages = []
+    for jobs in (1, 2):
+        with pytest.raises(ReplayError) as info:
+            run(broken, jobs, tmp_path if from_file else None)
+        messages.append(str(info.value))
+    last = DATA.count(b"\n") + 1
+    assert messages[0].startswith(f"rec.jsonl:{last}: not a JSON record")
+    assert messages[1] == messages[0]
+
+
 def test_jobs_with_events_write_every_record_in_file_order(tmp_path):
     one = run(DATA, 1, show_events=True)
     assert one.count(b"\n") > DATA.count(b"\n")
