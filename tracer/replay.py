@@ -26,8 +26,9 @@ import os
 import stat
 import sys
 from array import array
+from itertools import islice
 from operator import itemgetter
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable
 
 import orjson
 
@@ -45,8 +46,8 @@ _AGENT_ID = b'"agent":{"id":"'
 # Parsed records are acyclic and freed by reference counting; the cyclic
 # collector's passes over young objects only cost time here.
 _GC_THRESHOLD = 100_000
-# Bytes read at a time: lines are cut from big reads rather than read one by one.
-_CHUNK = 1 << 22
+# Lines per batch that a worker answers at once (--jobs): what is written waits for at most this many.
+_BATCH = 4096
 
 
 class ReplayError(Exception):
@@ -67,41 +68,15 @@ def replay(stream: BinaryIO, name: str, engine, writer: Writer, show_events: boo
         if jobs > 1:
             count = _replay_jobs(stream, name, engine, writer, show_events, jobs)
         else:
-            count = 0
-            lineno = 0
-            run = _Run(name, engine, show_events)
-            write = writer.write
-            for lines, tail in _batches(_reader(stream)):
-                n, out, error = run.lines(range(lineno + 1, lineno + 1 + len(lines)), lines, tail, write)
-                count += n
-                lineno += len(lines)
-                if error is not None:
-                    raise ReplayError(error[1])
+            # Line by line from the buffered stream: each line is parsed while it is still in
+            # the cache (cutting big reads into lists of lines first measured slower).
+            count, _, error = _Run(name, engine, show_events).lines(enumerate(stream, 1), writer.write)
+            if error is not None:
+                raise ReplayError(error[1])
     finally:
         gc.set_threshold(*threshold)
     writer.flush()
     return count
-
-
-def _batches(read) -> Iterator[tuple[list, int]]:
-    """The lines that read(n) returns (without their newline), a big read at a time.
-
-    Also, per batch, the position in it of a last line that had no newline
-    (the file's end), or -1: an error message quotes the line as it was.
-    """
-    carry = b""
-    while True:
-        chunk = read(_CHUNK)
-        if not chunk:
-            break
-        lines = chunk.split(b"\n")
-        if carry:
-            lines[0] = carry + lines[0]
-        carry = lines.pop()
-        if lines:
-            yield lines, -1
-    if carry:
-        yield [carry], 0
 
 
 class _Run:
@@ -114,13 +89,13 @@ class _Run:
         self.skip = {t.encode() for t in RECORD_TYPES if t not in engine.types and t not in ("lost", "status")}
         self.skip_status = "status" not in engine.types
 
-    def lines(self, linenos, lines: list, tail: int, emit) -> tuple[int, list | None, tuple | None]:
-        """Run the lines (numbered by linenos); returns (records read, None, error).
+    def lines(self, numbered: Iterable, emit) -> tuple[int, list | None, tuple | None]:
+        """Run (line number, line as read) pairs; returns (records read, collected, error).
 
-        emit(rec) is called for each record to write, in order; emit None
-        collects (line number, record) pairs instead, returned in place of
-        None. error: (line number, message) of a line that is not a record;
-        the lines after it are not run.
+        emit(rec) is called for each record to write, in order; with emit
+        None the (line number, record) pairs are collected and returned
+        instead. error: (line number, message) of a line that is not a
+        record; the lines after it are not run.
         """
         show_events = self.show_events
         skip, skip_status = self.skip, self.skip_status
@@ -131,7 +106,7 @@ class _Run:
             collected = []
             append = collected.append
         count = 0
-        for i, (lineno, line) in enumerate(zip(linenos, lines)):
+        for lineno, line in numbered:
             if not show_events:
                 if line.startswith(_EVENT_HEAD):
                     if line[24:line.find(b'"', 24, 48)] in skip:
@@ -144,10 +119,10 @@ class _Run:
                     continue
             try:
                 rec = loads(line)
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as exc:
                 if not line.strip():
                     continue
-                return count, collected, (lineno, self._bad_json(lineno, line if i == tail else line + b"\n"))
+                return count, collected, (lineno, f"{self.name}:{lineno}: not a JSON record ({exc})")
             if rec.__class__ is not dict:
                 return count, collected, (lineno, f"{self.name}:{lineno}: not a JSON object")
             kind = rec.get("kind")
@@ -170,25 +145,18 @@ class _Run:
                     emit(alert)
         return count, collected, None
 
-    def _bad_json(self, lineno: int, line: bytes) -> str:
-        """The message for a line that does not parse, with orjson's words for the line as read (newline and all)."""
-        try:
-            orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            return f"{self.name}:{lineno}: not a JSON record ({exc})"
-        return f"{self.name}:{lineno}: not a JSON record"  # not reached: the line failed without its newline
-
 
 # --------------------------------------------------------------------------
 # Several processes: records split by agent.
 #
-# From a regular file each worker reads the whole file itself (pread, the page
-# cache shares it) and keeps the lines the router gives it: every worker
-# routes every line the same way, so nothing but the results crosses a pipe.
-# From a pipe (stdin) the parent reads and routes, and sends each worker its
-# lines. Either way a worker answers each batch of lines (the same batches in
-# every worker) with what to write, and the parent merges the answers by
-# line number.
+# From a regular file each worker reads the whole file itself (its own open
+# file, the page cache shares the pages) and keeps the lines the router gives
+# it: every worker routes every line the same way, so nothing but the results
+# crosses a pipe. From a pipe (stdin) the parent reads and routes, and sends
+# each worker its lines. Either way a worker answers each batch of _BATCH
+# lines (the same batches in every worker) with what to write, and the
+# parent merges the answers by line number. (The parent routing for every
+# worker from a file measured slower on two CPUs: it competes with them.)
 
 
 def _replay_jobs(stream: BinaryIO, name: str, engine, writer: Writer, show_events: bool, jobs: int) -> int:
@@ -200,13 +168,12 @@ def _replay_jobs(stream: BinaryIO, name: str, engine, writer: Writer, show_event
     try:
         sending = None
         if source is None:  # the parent reads and routes
-            router = _Router(jobs)
-            sending = _routed(_batches(_reader(stream)), router)
+            sending = _routed(stream, _Router(jobs))
             pending = next(sending, None)
-            if pending is None:
-                return 0
         while True:
             if sending is not None:
+                if pending is None:
+                    break
                 for w, part in zip(workers, pending):
                     w.send(part)
                 pending = next(sending, None)  # the next batch is read and routed while the workers run this one
@@ -223,8 +190,6 @@ def _replay_jobs(stream: BinaryIO, name: str, engine, writer: Writer, show_event
             if errors:
                 raise ReplayError(min(errors)[1])
             count += sum(r[0] for r in results)
-            if sending is not None and pending is None:
-                break
     finally:
         for w in workers:
             w.close()
@@ -235,25 +200,11 @@ def _file_source(stream: BinaryIO) -> tuple[int, int] | None:
     """(fd, offset of the next unread byte) of a regular file, or None (a pipe, a terminal, a BytesIO)."""
     try:
         fd = stream.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not os.path.exists(f"/proc/self/fd/{fd}"):
             return None
         return fd, stream.tell()
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-
-
-def _reader(stream: BinaryIO):
-    return getattr(stream, "read1", None) or stream.read  # read1: what is there, without waiting for more
-
-
-def _pread_reader(fd: int, offset: int):
-    def read(n: int) -> bytes:
-        nonlocal offset
-        data = os.pread(fd, n, offset)
-        offset += len(data)
-        return data
-
-    return read
 
 
 class _Router:
@@ -263,51 +214,24 @@ class _Router:
         self.jobs = jobs
         self.workers: dict[bytes, int] = {}
 
-    def owners(self, lines: list) -> list[int]:
-        workers = self.workers
-        jobs = self.jobs
-        out = []
-        for line in lines:
-            at = line.find(_AGENT_ID)
-            if at >= 0:
-                start = at + 15
-                aid = line[start:line.find(b'"', start)]
-            elif b'"agent"' in line:
-                aid = _agent_of(line)  # written some other way: parse it
-            else:
-                aid = None
+    def owner(self, line: bytes) -> int:
+        at = line.find(_AGENT_ID)
+        if at >= 0:
+            start = at + 15
+            aid = line[start:line.find(b'"', start)]
+        elif b'"agent"' in line:
+            aid = _agent_of(line)  # written some other way: parse it
             if aid is None:
-                out.append(0)
-                continue
-            w = workers.get(aid)
-            if w is None:
-                w = workers[aid] = len(workers) % jobs
-            out.append(w)
-        return out
+                return 0
+        else:
+            return 0
+        w = self.workers.get(aid)
+        if w is None:
+            w = self.workers[aid] = len(self.workers) % self.jobs
+        return w
 
-
-def _pick(lines: list, owners: list, first: int, tail: int, k: int) -> tuple[list, list, int]:
-    """Worker k's share of a batch: (line numbers, lines, index of an unterminated last line or -1)."""
-    linenos, mine = [], []
-    for i, w in enumerate(owners):
-        if w == k:
-            linenos.append(first + 1 + i)
-            mine.append(lines[i])
-    t = len(mine) - 1 if tail >= 0 and owners and owners[-1] == k else -1
-    return linenos, mine, t
-
-
-def _routed(batches, router: _Router):
-    """Per batch, each worker's share as sent down its pipe: (line numbers, joined lines, count, tail)."""
-    lineno = 0
-    for lines, tail in batches:
-        owners = router.owners(lines)
-        parts = []
-        for k in range(router.jobs):
-            linenos, mine, t = _pick(lines, owners, lineno, tail, k)
-            parts.append((array("Q", linenos).tobytes(), b"\n".join(mine), len(mine), t))
-        lineno += len(lines)
-        yield parts
+    def owners(self, lines: list) -> list[int]:
+        return [self.owner(line) for line in lines]
 
 
 def _agent_of(line: bytes) -> bytes | None:
@@ -318,6 +242,26 @@ def _agent_of(line: bytes) -> bytes | None:
     agent = rec.get("agent") if rec.__class__ is dict else None
     aid = agent.get("id") if agent.__class__ is dict else None
     return aid.encode() if aid.__class__ is str else None
+
+
+def _routed(stream: BinaryIO, router: _Router):
+    """Per batch of the stream, each worker's share to send: (line numbers, line lengths, the lines joined)."""
+    jobs = router.jobs
+    numbered = enumerate(stream, 1)
+    while True:
+        numbers = [array("Q") for _ in range(jobs)]
+        lengths = [array("Q") for _ in range(jobs)]
+        mine: list[list] = [[] for _ in range(jobs)]
+        n = 0
+        for lineno, line in islice(numbered, _BATCH):
+            n += 1
+            w = router.owner(line)
+            numbers[w].append(lineno)
+            lengths[w].append(len(line))
+            mine[w].append(line)
+        if not n:
+            return
+        yield [(numbers[k].tobytes(), lengths[k].tobytes(), b"".join(mine[k])) for k in range(jobs)]
 
 
 class _Worker:
@@ -359,15 +303,25 @@ def _work(conn, k: int, jobs: int, name: str, engine, show_events: bool, source)
     run = _Run(name, engine, show_events)
     try:
         if source is not None:
-            router = _Router(jobs)
-            lineno = 0
-            for lines, tail in _batches(_pread_reader(*source)):
-                linenos, mine, t = _pick(lines, router.owners(lines), lineno, tail, k)
-                lineno += len(lines)
-                result = run.lines(linenos, mine, t, None)
-                conn.send(result)
-                if result[2] is not None:
-                    break
+            fd, offset = source
+            with open(f"/proc/self/fd/{fd}", "rb") as f:  # an open file of its own: its own offset
+                f.seek(offset)
+                numbered = enumerate(f, 1)
+                owner = _Router(jobs).owner
+                read = [0]
+
+                def batch():
+                    for lineno, line in islice(numbered, _BATCH):
+                        read[0] += 1
+                        if owner(line) == k:
+                            yield lineno, line
+
+                while True:
+                    read[0] = 0
+                    result = run.lines(batch(), None)
+                    conn.send(result)
+                    if result[2] is not None or read[0] < _BATCH:
+                        break
             conn.send(None)
             conn.recv()  # the parent's goodbye
         else:
@@ -375,10 +329,15 @@ def _work(conn, k: int, jobs: int, name: str, engine, show_events: bool, source)
                 part = conn.recv()
                 if part is None:
                     break
-                numbers, blob, n, tail = part
-                linenos = array("Q")
+                numbers, lengths, blob = part
+                linenos, sizes = array("Q"), array("Q")
                 linenos.frombytes(numbers)
-                conn.send(run.lines(linenos, blob.split(b"\n") if n else [], tail, None))
+                sizes.frombytes(lengths)
+                lines, at = [], 0
+                for n in sizes:
+                    lines.append(blob[at:at + n])
+                    at += n
+                conn.send(run.lines(zip(linenos, lines), None))
     except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
         pass
     except Exception as exc:  # noqa: BLE001  (a bug: the parent says so rather than hang)
