@@ -6,14 +6,14 @@ the same alerts, byte for byte.
 With jobs > 1 the records are split by agent over worker processes
 (forked, each with its own copy of the fresh engine): every rule's state is
 per process, lineage or agent, and all of an agent's records (records with
-no agent: all of them) go to one worker, in file order. The parent reads
-and routes the lines, and writes what the workers return in file order (each
-item carries its line number), so the output is the one jobs=1 gives. What
-the split cannot see: state that spans agents, namely a by-lineage sequence
-whose first step is a process of another agent (or of none) that is an
-ancestor of the later step's process, and the MAX_KEYS bound of each rule,
-which then holds per worker. Time has to run forward within an agent for
-the expiry of stale state to be the same (recordings do).
+no agent: all of them) go to one worker, in file order. The workers' answers
+carry line numbers and the parent writes them in file order, so the output
+is the one jobs=1 gives. What the split cannot see: state that spans agents,
+namely a by-lineage sequence whose first step is a process of another agent
+(or of none) that is an ancestor of the later step's process, and the
+MAX_KEYS bound of each rule, which then holds per worker. Time has to run
+forward within an agent for the expiry of stale state to be the same
+(recordings do).
 """
 
 from __future__ import annotations
