@@ -121,29 +121,33 @@ def _sub_number(top: str, key: str) -> Getter:
     return get
 
 
-def _memo_on_process(compute: Callable[[dict], object]) -> Getter:
-    """A field derived from `process`, computed once per process object.
+def _memo_on(top: str, compute: Callable[[dict], object]) -> Getter:
+    """A field derived from record[top] (a dict), computed once per such object.
 
     Every rule that reads proc.cmdline on one record sees the same process
     dict; the last one is held (so its id cannot be reused) and compared by
     identity. Records are never changed once built, so the value stays right.
     """
-    last_p = None
+    last_d = None
     last_v = None
 
     def get(r: dict):
-        nonlocal last_p, last_v
-        p = r.get("process")
-        if p is last_p:
+        nonlocal last_d, last_v
+        d = r.get(top)
+        if d is last_d:
             return last_v
-        if p.__class__ is not dict:
+        if d.__class__ is not dict:
             return None
-        v = compute(p)
-        last_p = p
+        v = compute(d)
+        last_d = d
         last_v = v
         return v
 
     return get
+
+
+def _memo_on_process(compute: Callable[[dict], object]) -> Getter:
+    return _memo_on("process", compute)
 
 
 def _argv(p: dict) -> list | None:
@@ -231,26 +235,6 @@ def _exec_cmdline(r: dict):
 def _exit_code(r: dict):
     v = r.get("exit_code")
     return v if v.__class__ is int else None
-
-
-def _memo_on(top: str, compute: Callable[[dict], object]) -> Getter:
-    """A field derived from record[top] (a dict), computed once per such object, as _memo_on_process."""
-    last_d = None
-    last_v = None
-
-    def get(r: dict):
-        nonlocal last_d, last_v
-        d = r.get(top)
-        if d is last_d:
-            return last_v
-        if d.__class__ is not dict:
-            return None
-        v = compute(d)
-        last_d = d
-        last_v = v
-        return v
-
-    return get
 
 
 def _internal(n: dict):
