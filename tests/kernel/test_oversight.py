@@ -220,15 +220,15 @@ def test_a_finit_module_attempt_is_seen(watched, probes):
 
 def test_the_module_load_variant_compiles_and_passes_the_verifier():
     """Where module:module_load exists its name is read too: that variant must build here as well."""
-    from bcc import BPF
-
+    from tracer import bpfobject
     from tracer import probes as tracer_probes
 
     flags = tracer_probes.build_cflags(tracer_probes.ProbeConfig(self_tgid=os.getpid()),
                                        tracer_probes.kernel_offsets(), None, module_name_at=12)
-    bpf = BPF(text=tracer_probes.program_text().encode(), cflags=flags)
+    obj = bpfobject.compile_with_bcc(tracer_probes.program_text(), flags)
+    bpf = bpfobject.LoadedObject(obj, constants={bpfobject.SELF_TGID_PLACEHOLDER: os.getpid()})
     try:
         for name in (b"aw_module_load", b"aw_module_finit_enter", b"aw_module_exit", b"aw_file_finish"):
-            bpf.load_func(name, BPF.TRACEPOINT)
+            assert bpf.load_func(name, bpfobject.PROG_TRACEPOINT).fd >= 0
     finally:
         bpf.cleanup()
