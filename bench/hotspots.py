@@ -98,21 +98,9 @@ def main(modes: list[str]) -> None:
             print("== startup\n" + top(d / "startup.txt"))
 
 
-
 def _prog_ids(pid: int) -> set[int]:
     """Ids of the BPF programs a process holds open."""
     return set(bpf_fdinfo(pid, "prog", "prog_id") or ())
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
 
 
 def kernel_costs(aw: Agentwatch, progs: dict[str, str], script: str) -> str:
@@ -128,19 +116,25 @@ def kernel_costs(aw: Agentwatch, progs: dict[str, str], script: str) -> str:
         proc = subprocess.Popen(aw.run(["/bin/sh", "-c", script + "; sleep 3"], output="/dev/null"),
                                 stdout=subprocess.PIPE)
         seen: dict = {}
+        hooks: dict = {}
         while proc.poll() is None:
             ids = _prog_ids(proc.pid)
             out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
             for p in json.loads(out or "[]"):
                 if p.get("id") in ids and p.get("run_cnt"):
-                    seen[p["name"]] = (p["run_cnt"], p["run_time_ns"])
+                    seen[p["id"]] = (p["name"], p["run_cnt"], p["run_time_ns"])
+            # Program names are cut to 15 characters; the hook each is attached to tells them apart.
+            out = subprocess.run(["bpftool", "-j", "perf", "show"], capture_output=True, text=True).stdout
+            for p in json.loads(out or "[]"):
+                if p.get("prog_id") in ids and p.get("tracepoint"):
+                    hooks[p["prog_id"]] = p["tracepoint"]
             time.sleep(0.5)
         proc.wait()
     finally:
         stats.write_text(before)
-    lines = ["program                           calls   ns/call   total ms"]
-    for name, (cnt, ns) in sorted(seen.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"{name:30s} {cnt:9d} {ns / cnt:9.0f} {ns / 1e6:10.1f}")
+    lines = ["program (hook)                    calls   ns/call   total ms"]
+    for pid_, (name, cnt, ns) in sorted(seen.items(), key=lambda kv: -kv[1][2]):
+        lines.append(f"{hooks.get(pid_, name)[:30]:30s} {cnt:9d} {ns / cnt:9.0f} {ns / 1e6:10.1f}")
     return "\n".join(lines)
 
 

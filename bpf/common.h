@@ -111,11 +111,29 @@ static __always_inline void *aw_file_of_fd(u32 fd)
 	void *files = aw_read_ptr(task, OFF_TASK_STRUCT_FILES);
 	void *fdt = aw_read_ptr(files, OFF_FILES_STRUCT_FDT);
 	u32 max_fds = 0;
+	void **fd_array = NULL;
 
+	/*
+	 * Each read costs about 30 ns and connect() comes in storms: where the
+	 * running kernel lays max_fds and fd out as {u32, pad, pointer} (every
+	 * kernel so far), both come in one read. The offsets are -D constants,
+	 * so the choice is the preprocessor's.
+	 */
+#if OFF_FDTABLE_FD == OFF_FDTABLE_MAX_FDS + 8
+	struct {
+		u32 max_fds;
+		u32 _pad;
+		void **fd;
+	} head = {};
+	bpf_probe_read_kernel(&head, sizeof(head), (char *)fdt + OFF_FDTABLE_MAX_FDS);
+	max_fds = head.max_fds;
+	fd_array = head.fd;
+#else
 	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDTABLE_MAX_FDS);
+	fd_array = aw_read_ptr(fdt, OFF_FDTABLE_FD);
+#endif
 	if (fd >= max_fds)
 		return NULL;
-	void **fd_array = aw_read_ptr(fdt, OFF_FDTABLE_FD);
 	return aw_read_ptr(fd_array, (u64)fd * sizeof(void *));
 }
 

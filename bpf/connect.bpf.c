@@ -20,6 +20,7 @@
 struct aw_connect_thread {
 	/* the connect() in flight: sys_enter_connect to sys_exit_connect */
 	u64 sk;             /* the socket's struct sock, 0 if the fd is not a socket */
+	u64 sock;           /* its struct socket: the exit probe does not walk the fd table again */
 	u32 fd;
 	u32 in_flight;
 	u32 fresh;          /* a TCP handshake started in this call (sockstate.bpf.c): never a repeat */
@@ -108,10 +109,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 	 * The struct sock lets sockstate.bpf.c tell that a state change it sees
 	 * belongs to the connect() this thread is in, and tells repeats apart.
 	 */
-	t->sk = 0;
-	void *sock = aw_socket_of_fd(t->fd);
-	if (sock)
-		t->sk = (u64)aw_read_ptr(sock, OFF_SOCKET_SK);
+	void *sk;
+	t->sock = (u64)aw_socket_of_fd_sk(t->fd, &sk);
+	t->sk = (u64)sk;
 	t->fresh = 0;
 	t->in_flight = 1;
 	return 0;
@@ -139,6 +139,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		return 0;
 	t->in_flight = 0;
 	u64 sk = t->sk;
+	/*
+	 * The socket enter found, not the fd table again (7 reads, ~200 ns): the
+	 * call holds its file until it returns, so the socket is alive and is the
+	 * one this connect() ran on, even if another thread closed or dup2()ed
+	 * over the fd meanwhile.
+	 */
+	void *sock = (void *)t->sock;
 	s32 ret = args->ret;
 
 	if (sk && !t->fresh && t->has_last && t->last.sock_cookie == sk && t->last.retval == ret &&
@@ -173,9 +180,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	e->sock_cookie = 0;
 
 	struct aw_sock_info info;
-	void *sock = aw_socket_of_fd(e->fd);
-	if (sock) {
+	if (sock && sk) {
 		/* The local end is bound once connect() has run, even when it failed late. */
+		aw_sock_info_of(sock, (void *)sk, e->family, &info);
+		e->sock_cookie = sk;
+	} else if (sock) {
 		e->sock_cookie = (u64)aw_sock_local(sock, e->family, &info);
 	} else {
 		__builtin_memset(&info, 0, sizeof(info));
@@ -187,14 +196,16 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	__builtin_memcpy(e->saddr, info.saddr, 16);
 	if (sock && e->sock_cookie && (e->retval == 0 || e->retval == -AW_EINPROGRESS))
 		aw_payload_arm(e->fd, sock, e);
-	/* Kept for folding only when its cookie is the socket enter saw (a racing close/dup2 is not). */
+	/* Kept for folding only when the call had a struct sock to tell repeats by. */
 	t->has_last = sk && e->sock_cookie == sk;
 	if (t->has_last) {
 		__builtin_memcpy(&t->last, e, sizeof(*e));
 		t->last_emit_ns = e->hdr.ktime_ns;
 	}
+	u16 protocol = e->protocol;
 	aw_events.ringbuf_submit(e, AW_RB_FLAGS);
-	/* After the connect record: a handshake decided inside connect() is reported now. */
-	aw_conn_connect_returned(sk);
+	/* After the connect record: a handshake decided inside connect() is reported now (TCP has one). */
+	if (protocol != AW_IPPROTO_UDP)
+		aw_conn_connect_returned(sk);
 	return 0;
 }

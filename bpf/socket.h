@@ -66,18 +66,37 @@ static __always_inline int aw_read_dest(const void *uaddr, struct aw_dest *d)
 
 /*
  * fd -> struct socket, through the fd's file (aw_file_of_fd) and
- * file.private_data, each at its BTF offset.
- * The socket's back pointer to its file proves the file is a socket.
+ * file.private_data, each at its BTF offset; *sk gets the socket's struct
+ * sock. The socket's back pointer to its file proves the file is a socket.
  */
-static __always_inline void *aw_socket_of_fd(u32 fd)
+static __always_inline void *aw_socket_of_fd_sk(u32 fd, void **sk)
 {
+	*sk = NULL;
 	void *file = aw_file_of_fd(fd);
 	if (!file)
 		return NULL;
 	void *sock = aw_read_ptr(file, OFF_FILE_PRIVATE_DATA);
-	if (!sock || aw_read_ptr(sock, OFF_SOCKET_FILE) != file)
+	if (!sock)
 		return NULL;
+#if OFF_SOCKET_SK == OFF_SOCKET_FILE + 8
+	/* One read for both where they sit side by side (every kernel so far). */
+	void *pair[2] = {};
+	bpf_probe_read_kernel(pair, sizeof(pair), (char *)sock + OFF_SOCKET_FILE);
+	if (pair[0] != file)
+		return NULL;
+	*sk = pair[1];
+#else
+	if (aw_read_ptr(sock, OFF_SOCKET_FILE) != file)
+		return NULL;
+	*sk = aw_read_ptr(sock, OFF_SOCKET_SK);
+#endif
 	return sock;
+}
+
+static __always_inline void *aw_socket_of_fd(u32 fd)
+{
+	void *sk;
+	return aw_socket_of_fd_sk(fd, &sk);
 }
 
 /* What a record says of its socket: type, protocol and the local end. */
@@ -88,21 +107,44 @@ struct aw_sock_info {
 	u8 saddr[16];
 };
 
-/* The socket's struct sock (its cookie in records), with *info filled; NULL without one. */
-static __always_inline void *aw_sock_local(void *sock, u16 family, struct aw_sock_info *info)
+/* *info for a socket whose struct sock is known (sk, not NULL). */
+static __always_inline void aw_sock_info_of(void *sock, void *sk, u16 family, struct aw_sock_info *info)
 {
 	__builtin_memset(info, 0, sizeof(*info));
 	bpf_probe_read_kernel(&info->sock_type, sizeof(info->sock_type), (char *)sock + OFF_SOCKET_TYPE);
-	void *sk = aw_read_ptr(sock, OFF_SOCKET_SK);
-	if (!sk)
-		return NULL;
 	char *common = (char *)sk + OFF_SOCK___SK_COMMON;
 	bpf_probe_read_kernel(&info->protocol, sizeof(info->protocol), (char *)sk + OFF_SOCK_SK_PROTOCOL);
-	bpf_probe_read_kernel(&info->sport, sizeof(info->sport), common + OFF_SOCK_COMMON_SKC_NUM);
-	if (family == AW_AF_INET)
+	if (family == AW_AF_INET) {
+#if OFF_SOCK_COMMON_SKC_NUM == OFF_SOCK_COMMON_SKC_RCV_SADDR + 10
+		/* skc_rcv_saddr, skc_dport, skc_num as sock_common lays them out: one read. */
+		struct {
+			u8 saddr[4];
+			u16 _skip[3];
+			u16 num;
+		} local = {};
+		bpf_probe_read_kernel(&local, sizeof(local), common + OFF_SOCK_COMMON_SKC_RCV_SADDR);
+		__builtin_memcpy(info->saddr, local.saddr, 4);
+		info->sport = local.num;
+		return;
+#else
 		bpf_probe_read_kernel(info->saddr, 4, common + OFF_SOCK_COMMON_SKC_RCV_SADDR);
-	else
+#endif
+	} else {
 		bpf_probe_read_kernel(info->saddr, 16, common + OFF_SOCK_COMMON_SKC_V6_RCV_SADDR);
+	}
+	bpf_probe_read_kernel(&info->sport, sizeof(info->sport), common + OFF_SOCK_COMMON_SKC_NUM);
+}
+
+/* The socket's struct sock (its cookie in records), with *info filled; NULL without one. */
+static __always_inline void *aw_sock_local(void *sock, u16 family, struct aw_sock_info *info)
+{
+	void *sk = aw_read_ptr(sock, OFF_SOCKET_SK);
+	if (!sk) {
+		__builtin_memset(info, 0, sizeof(*info));
+		bpf_probe_read_kernel(&info->sock_type, sizeof(info->sock_type), (char *)sock + OFF_SOCKET_TYPE);
+		return NULL;
+	}
+	aw_sock_info_of(sock, sk, family, info);
 	return sk;
 }
 

@@ -4,7 +4,9 @@
  *   tcp: a fresh socket per connect to a listener in this process; the
  *        connection is accepted and reset (SO_LINGER 0), so no TIME_WAIT
  *        piles up;
- *   udp: one socket, connect()ed N times to 127.0.0.1:9 (no packet is sent).
+ *   udp: one socket, connect()ed N times to 127.0.0.1:9 (no packet is sent);
+ *   udpnew: a fresh UDP socket per connect (socket, connect, close), so no
+ *        two calls are repeats of each other: the per-socket cost.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,6 +43,7 @@ int main(int argc, char **argv)
 		return 2;
 	long n = atol(argv[2]);
 	int tcp = !strcmp(argv[1], "tcp");
+	int udpnew = !strcmp(argv[1], "udpnew");
 	private_loopback();
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(9)};
 	inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
@@ -66,6 +69,16 @@ int main(int argc, char **argv)
 			int c = accept(lst, NULL, NULL);
 			close(fd);
 			close(c);
+		}
+	} else if (udpnew) {
+		t0 = bench_now();
+		for (long i = 0; i < n; i++) {
+			int fd = socket(AF_INET, SOCK_DGRAM, 0);
+			if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin))) {
+				perror("connect");
+				return 1;
+			}
+			close(fd);
 		}
 	} else {
 		int fd = socket(AF_INET, SOCK_DGRAM, 0);
