@@ -64,8 +64,12 @@ static __always_inline int aw_cgroup_record(struct bpf_raw_tracepoint_args *ctx,
 	u64 id = e->cgroup_id;
 	if (op == AW_CGROUP_MKDIR && aw_cgroup_parents.lookup(&e->parent_id)) {
 		u32 agent = (u32)id;
-		if (agent && aw_cgroups.update(&id, &agent) == 0)
+		if (agent && aw_cgroups.update(&id, &agent) == 0) {
 			e->flags |= AW_CGROUP_ATTRIBUTED;
+#if AW_CGROUP_MEMBERSHIP
+			aw_membership_changed(); /* a new cgroup is empty, but what is cached must not outlive a join */
+#endif
+		}
 	} else if (op == AW_CGROUP_RMDIR) {
 		aw_cgroups.delete(&id);
 		aw_cgroup_parents.delete(&id);

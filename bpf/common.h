@@ -67,10 +67,50 @@ BPF_HASH(aw_watched, u32, u32, AW_WATCH_MAX);
 #define AW_CGROUP_DEPTH 8
 BPF_HASH(aw_cgroups, u64, u32, AW_CGROUPS_MAX);
 
+#if AW_CGROUP_MEMBERSHIP
+/*
+ * Cgroups found in no agent: cgroup id -> the membership generation then.
+ * Without it every probe a process outside the fleet hits walks its
+ * cgroup's ancestors (a helper call and a lookup per level: ~0.3 us at
+ * depth 3), and a daemon's host runs mostly such processes. Keyed by
+ * cgroup, not process: a new process in a known cgroup (every exec storm)
+ * costs one lookup, no insert. The answer holds until a cgroup joins
+ * aw_cgroups: whatever adds to it bumps aw_membership_gen (userland's
+ * watch_cgroup, the mkdir probe in cgroup.bpf.c). A process that moves has
+ * another cgroup id, and ids are never reused. LRU: an evicted entry only
+ * costs a walk.
+ */
+#ifndef AW_OUTSIDE_MAX
+#define AW_OUTSIDE_MAX 4096
+#endif
+BPF_TABLE("lru_hash", u64, u64, aw_outside, AW_OUTSIDE_MAX);
+BPF_ARRAY(aw_membership_gen, u64, 1);
+
+static __always_inline u64 aw_membership_generation(void)
+{
+	int zero = 0;
+	u64 *gen = aw_membership_gen.lookup(&zero);
+	return gen ? *gen : 0;
+}
+
+/* A cgroup joined aw_cgroups: every cached "outside" answer is to be asked again. */
+static __always_inline void aw_membership_changed(void)
+{
+	int zero = 0;
+	u64 *gen = aw_membership_gen.lookup(&zero);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
+}
+#endif
+
 static __always_inline int aw_agent_of_cgroup(u32 tgid, u32 *agent)
 {
 #if AW_CGROUP_MEMBERSHIP
 	u64 id = bpf_get_current_cgroup_id();
+	u64 gen = aw_membership_generation();
+	u64 *known = aw_outside.lookup(&id);
+	if (known && *known == gen)
+		return 0;
 	u32 *found = aw_cgroups.lookup(&id);
 	for (int level = 1; level <= AW_CGROUP_DEPTH && !found; level++) {
 		u64 up = bpf_get_current_ancestor_cgroup_id(level);
@@ -78,8 +118,10 @@ static __always_inline int aw_agent_of_cgroup(u32 tgid, u32 *agent)
 			break;
 		found = aw_cgroups.lookup(&up);
 	}
-	if (!found)
+	if (!found) {
+		aw_outside.update(&id, &gen);
 		return 0;
+	}
 	*agent = *found;
 	if (aw_watched.update(&tgid, agent))
 		aw_stats.increment(AW_STAT_WATCH_FULL);

@@ -183,7 +183,9 @@ static __always_inline void aw_gpu_open_returned(u32 tgid, u32 cls, long ret)
 static __always_inline void aw_gpu_on_close(u32 tgid, u32 fd)
 {
 	struct aw_gpu_fd_key k = {.tgid = tgid, .fd = fd};
-	aw_gpu_fds.delete(&k);
+	/* A lookup takes no lock and almost no fd is a GPU's: delete only what is there. */
+	if (aw_gpu_fds.lookup(&k))
+		aw_gpu_fds.delete(&k);
 }
 
 /* dup family: the new fd takes the old one's class, or loses a stale one. */

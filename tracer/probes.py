@@ -391,6 +391,16 @@ class Probes:
     def watch_cgroup(self, cgroup_id: int, agent_id: int) -> None:
         """Processes in this cgroup (or below it) belong to the agent (needs ProbeConfig.cgroups)."""
         self._bpf[b"aw_cgroups"][ct.c_uint64(cgroup_id)] = ct.c_uint32(agent_id)
+        self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        """After a cgroup joins: the kernel's "outside every agent" answers (bpf/common.h
+        aw_outside) are asked again, so processes already in that cgroup join at their next
+        probe. The kernel's own bumps (cgroup.bpf.c) add 1 to the low half while this reads
+        and writes, so this moves the high half on: a value never used before either way."""
+        gen = self._bpf[b"aw_membership_gen"]
+        old = gen[ct.c_int(0)].value
+        gen[ct.c_int(0)] = ct.c_uint64((((old >> 32) + 1) << 32) & 0xFFFFFFFFFFFFFFFF)
 
     def unwatch_cgroup(self, cgroup_id: int) -> None:
         try:

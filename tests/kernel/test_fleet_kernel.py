@@ -115,3 +115,32 @@ def test_v1_hierarchies_are_not_reported(fleet_probes):
     finally:
         d.rmdir()
     assert not [e for e in evs if isinstance(e, events.CgroupEvent) and d.name in e.path]
+
+
+def test_a_process_found_outside_joins_when_its_cgroup_is_watched_later(fleet_probes, slice_):
+    """The kernel caches "this cgroup is in no agent" (bpf/common.h aw_outside); watch_cgroup
+    must void that answer for a process already running there, not only for new ones."""
+    cg = slice_ / "late"
+    cg.mkdir()
+    cg_id = cgroups.cgroup_id(cg)
+    script = f'echo $$ > "{cg}/cgroup.procs" && /bin/echo before-watch && read line && exec /bin/echo after-watch'
+    proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"before-watch\n"
+        outside = fleet_probes._bpf[b"aw_outside"]
+        assert [k.value for k in outside.keys() if k.value == cg_id] == [cg_id]  # answered, and cached
+        agent = kernel_agent_id(cg_id)
+        fleet_probes.watch_cgroup(cg_id, agent)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"after-watch\n"
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fleet_probes.unwatch_cgroup(cg_id)
+    execs = {e.argv[1]: e.agent_id for e in records(fleet_probes)
+             if isinstance(e, events.ExecEvent) and len(e.argv) > 1 and e.argv[1].endswith(b"-watch")}
+    assert execs.get(b"after-watch") == agent
+    assert b"before-watch" not in execs  # it was outside then: no record
