@@ -171,7 +171,8 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             except cgroups.CgroupError as exc:
                 fail(str(exc))
         config = ProbeConfig(host_wide=host_wide, ringbuf_pages=ringbuf_pages, self_tgid=os.getpid(),
-                             cgroups=contain is not None, guard_kill=contain is not None and not dry_run)
+                             cgroups=contain is not None, guard_kill=contain is not None and not dry_run,
+                             detach_in_background=True)
         try:
             probes = stack.enter_context(Probes(config))
         except ProbeError as exc:

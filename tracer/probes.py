@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfobject, events, watched_files
+from . import bpfobject, detach, events, watched_files
 from .btf import BtfError, load_btf
 
 MAIN_SOURCE = events.BPF_DIR / "agentwatch.bpf.c"
@@ -236,6 +236,9 @@ class ProbeConfig:
     guard_kill: bool = False   # kill, in the kernel, a watched process that SIGKILLs/SIGSTOPs agentwatch
     fleet: bool = False        # the daemon: cgroup mkdir/rmdir records, sandboxes attributed at birth
     cgroups_max: int = 64      # entries of the cgroup membership map (the daemon: one per sandbox)
+    # close() hands the kernel's slow unregistering (~2 s) to a process of its own (tracer/detach.py):
+    # for commands about to exit, not for a process that needs the programs gone when close() returns.
+    detach_in_background: bool = False
 
 
 def build_cflags(config: ProbeConfig, offsets: dict[str, int], exit_fields: set[str] | None,
@@ -490,7 +493,11 @@ class Probes:
     def close(self) -> None:
         bpf, self._bpf = getattr(self, "_bpf", None), None
         if bpf is not None:
-            _detach_tracepoints(bpf)
+            self.detacher_pid = None
+            if self.config.detach_in_background:
+                self.detacher_pid = detach.hand_off(bpf.perf_fds())
+            if self.detacher_pid is None:
+                _detach_tracepoints(bpf)
             bpf.cleanup()
 
     def __enter__(self) -> "Probes":
