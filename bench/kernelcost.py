@@ -83,11 +83,16 @@ def of_agent(aw, argv: list[str], timeout: float = 120) -> dict:
     with bpf_stats():
         proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         last: dict = {}
+        names: dict = {}
+        asked: set = set()  # ids bpftool was asked about (tail-call targets are attached nowhere)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             snap = snapshot(proc.pid)
             if snap:
                 last = snap
+                if set(snap) - set(names) - asked:  # while attached: bpftool lists only live ones
+                    asked |= set(snap)
+                    names.update(hooks(set(snap)))
             time.sleep(0.2)
         if proc.poll() is None:
             proc.kill()
@@ -95,7 +100,7 @@ def of_agent(aw, argv: list[str], timeout: float = 120) -> dict:
     bench = parse_bench(out) or {}
     if not last or not bench:
         return {"unavailable": "no run counts read (agentwatch did not run, or the workload failed)"}
-    return delta({}, last, hooks(set(last)), bench["ops"])
+    return delta({}, last, names, bench["ops"])
 
 
 def of_outsider(holder_pid: int, argv: list[str]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stats import fmt_spread
+from stats import fmt_spread, summary
 
 TRACER_ORDER = ["aw-run", "aw-watch", "bpftrace", "auditd"]
 
@@ -29,7 +29,7 @@ def targets(res: dict) -> list[dict]:
         s = (ov.get(w) or {}).get("ratio")
         return s["median"] if s else None
 
-    for w, limit in (("connect-tcp", 1.10), ("connect-udp", 1.10), ("exec", 1.02)):
+    for w, limit in (("connect-tcp", 1.10), ("connect-udp-new", 1.10), ("connect-udp", 1.10), ("exec", 1.03)):
         r = ratio(w)
         out.append({"target": f"aw-run slowdown, {w} <= {limit:.2f}x", "measured": _num(r, 2, "x"),
                     "met": None if r is None else r <= limit})
@@ -53,17 +53,60 @@ def targets(res: dict) -> list[dict]:
                             f"{_num(max(worst) if worst else None, 1, ' ms')}; after each run's first second "
                             f"{_num(max(steady) if steady else None, 1, ' ms')} (worst)",
                 "met": None if not worst else max(worst) < 50})
+    out += outside_targets(res)
+    out += kernel_targets(res)
     rp = (res.get("replay") or {}).get("events_per_s")
-    out.append({"target": "replay >= 200k events/s", "measured": _num(rp["median"] / 1000, 1, "k/s") if rp else "n/a",
+    out.append({"target": "replay >= 200k events/s (one core)",
+                "measured": _num(rp["median"] / 1000, 1, "k/s") if rp else "n/a",
                 "met": None if not rp else rp["median"] >= 200_000})
+    rp2 = (res.get("replay") or {}).get("jobs2_events_per_s")
+    if rp and rp2:
+        speedup = rp2["median"] / rp["median"]
+        same = (res.get("replay") or {}).get("jobs2_same_output")
+        out.append({"target": f"replay near-linear with cores split by agent (--jobs 2 >= {REPLAY_JOBS2_SPEEDUP}x "
+                              "--jobs 1, same output)",
+                    "measured": f"{rp2['median'] / 1000:.1f}k/s, {speedup:.2f}x"
+                                f"{'' if same else ' (output differs)'}",
+                    "met": speedup >= REPLAY_JOBS2_SPEEDUP and bool(same)})
     mem = (res.get("memory") or {}).get("loaded")
     pd = max(mem["peak_private_dirty_mb"], mem.get("live_private_dirty_mb") or 0) if mem and mem.get("ok") else None
     out.append({"target": f"Private_Dirty < 100 MB with {res.get('memory', {}).get('n', '10k')} live processes",
                 "measured": _num(pd, 1, " MB"), "met": None if pd is None else pd < 100})
-    armed = res.get("armed", {}).get("all")
-    out.append({"target": "start to armed < 3 s", "measured": fmt_spread(armed, 2, " s") if armed else "n/a",
-                "met": None if not armed else armed["median"] < 3})
+    st = res.get("startup") or {}
+    for mode, limit in (("run", 1.5), ("run --contain", 2.5)):
+        warm = ((st.get(mode) or {}).get("warm") or {}).get("armed_s")
+        cold = ((st.get(mode) or {}).get("cold") or {}).get("armed_s")
+        out.append({"target": f"start to armed, {mode} < {limit} s",
+                    "measured": (f"{fmt_spread(warm, 2, ' s')} (compiled object cached); first run after a kernel "
+                                 f"or agentwatch change, compiling: {fmt_spread(cold, 2, ' s')}") if warm else "n/a",
+                    "met": None if not warm else warm["median"] < limit})
     return out + fleet_targets(res)
+
+
+REPLAY_JOBS2_SPEEDUP = 1.8
+OUTSIDE_LIMIT = 1.02
+
+
+def outside_targets(res: dict) -> list[dict]:
+    o = res.get("outside") or {}
+    ratios = {k: v["ratio"]["median"] for k, v in (o.get("storms") or {}).items() if v.get("ratio")}
+    if not ratios:
+        return [{"target": f"processes outside every agent (daemon, 100 sandboxes) <= {OUTSIDE_LIMIT}x",
+                 "measured": o.get("unavailable") or o.get("error") or "n/a", "met": None}]
+    worst = max(ratios, key=ratios.get)
+    return [{"target": f"processes outside every agent (daemon, {o.get('sandboxes')} sandboxes) <= {OUTSIDE_LIMIT}x",
+             "measured": ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + f" (worst {worst})",
+             "met": ratios[worst] <= OUTSIDE_LIMIT}]
+
+
+def kernel_targets(res: dict) -> list[dict]:
+    """No goal was set for the GPU probe's cost: the issue asks for the figure."""
+    g = (res.get("kernel") or {}).get("gpu-ioctl") or {}
+    if g.get("ns_per_op") is None:
+        return [{"target": "GPU ioctl: BPF ns per ioctl (bpf_stats)", "measured": g.get("unavailable", "n/a"),
+                 "met": None}]
+    return [{"target": "GPU ioctl: BPF ns per ioctl (bpf_stats; simulated device, no GPU lent)",
+             "measured": f"{g['ns_per_op']:.0f} ns", "met": "reported"}]
 
 
 FLEET_DIRTY_MB = 150
@@ -240,6 +283,69 @@ def sinks_section(res: dict) -> list[str]:
     return L
 
 
+def _hooks(k: dict, n: int = 4) -> str:
+    return "; ".join(f"{p['hook']} {p['calls_per_op']:.2g}x {p['ns_per_call']:.0f} ns"
+                     for p in (k.get("programs") or [])[:n])
+
+
+def kernel_section(res: dict) -> list[str]:
+    k = res.get("kernel")
+    if not k:
+        return []
+    L = ["", "## Kernel side: BPF run time per operation (kernel.bpf_stats_enabled, agentwatch run)", ""]
+    rows = [[name, _num(v.get("ns_per_op"), 0, " ns") if "unavailable" not in v else f"n/a: {v['unavailable']}",
+             _hooks(v)] for name, v in k.items()]
+    L += _md_table(["workload", "BPF per op", "hooks: calls per op x ns per call (the largest)"], rows)
+    L.append("")
+    L.append("Counted by the kernel for each program (one run per workload, not timed: bpf_stats adds two clock "
+             "reads, ~60 ns, to every program run, included here). Not counted: the tracepoint's own dispatch and "
+             "the syscall slow path that any attached syscall tracepoint turns on.")
+    return L
+
+
+def startup_section(res: dict) -> list[str]:
+    st = res.get("startup")
+    if not st or st.get("unavailable"):
+        return []
+    L = ["", f"`agentwatch run --events -- exec_storm 0`, {st['rounds']} rounds: armed (start to the agent's exec "
+              "record) and whole (start to exit); warm: the compiled object cached in /var/cache/agentwatch/bpf; "
+              "cold: an empty cache, BCC compiles.", ""]
+    rows = []
+    for mode in ("run", "run --contain"):
+        m = st.get(mode) or {}
+        rows.append([mode] + [fmt_spread((m.get(kind) or {}).get(what), 2, " s")
+                              for kind in ("warm", "cold") for what in ("armed_s", "whole_s")])
+    L += _md_table(["mode", "warm armed", "warm whole", "cold armed", "cold whole"], rows)
+    for e in st.get("errors") or []:
+        L.append(f"- failed: {e}")
+    return L
+
+
+def outside_section(res: dict) -> list[str]:
+    o = res.get("outside")
+    if not o:
+        return []
+    L = ["", f"## Outside every agent (agentwatch daemon watching {o.get('sandboxes')} sandboxes)", ""]
+    if o.get("unavailable") or not o.get("storms"):
+        return L + [f"n/a: {o.get('unavailable') or o.get('error')}"]
+    L.append(f"The storms run in a cgroup at depth {o.get('cgroup_depth')} in no sandbox; rounds alternate no daemon "
+             f"/ daemon ({o['rounds']} rounds, daemon up in {fmt_spread(summary_of(o.get('start_s')), 2, ' s')}).")
+    L.append("")
+    rows = []
+    for name, v in o["storms"].items():
+        kern = (o.get("kernel") or {}).get(name) or {}
+        rows.append([f"{name} ({v['argv']})", fmt_spread(v["base_s"], 3, " s"), fmt_spread(v["ratio"], 2, "x"),
+                     _num(kern.get("ns_per_op"), 0, " ns"), _hooks(kern, 3)])
+    L += _md_table(["storm", "untraced", "with the daemon", "BPF per op", "hooks (calls per op x ns per call)"], rows)
+    if o.get("error"):
+        L.append(f"- stopped: {o['error']}")
+    return L
+
+
+def summary_of(values):
+    return summary(values or [])
+
+
 def markdown(res: dict) -> str:
     info = res["system"]
     L = ["# agentwatch benchmarks", ""]
@@ -254,7 +360,8 @@ def markdown(res: dict) -> str:
              "the untraced run right before it), then the median.")
     L += ["", "## Targets", ""]
     L += _md_table(["target", "measured", "met"],
-                   [[t["target"], t["measured"], {True: "met", False: "**missed**", None: "n/a"}[t["met"]]]
+                   [[t["target"], t["measured"],
+                     {True: "met", False: "**missed**", None: "n/a", "reported": "reported"}[t["met"]]]
                     for t in targets(res)])
 
     ov = res.get("overhead")
@@ -326,6 +433,8 @@ def markdown(res: dict) -> str:
                      f"wall {fmt_spread(idle['aw_wall_s'], 2, ' s')}, peak Private_Dirty "
                      f"{fmt_spread(idle['peak_private_dirty_mb'], 0, ' MB')}; CPU per 1k events above is net of it.")
 
+    L += kernel_section(res)
+
     lat = res.get("latency")
     if lat:
         L += ["", "## Detection latency (syscall kernel time to alert line read)", ""]
@@ -366,6 +475,7 @@ def markdown(res: dict) -> str:
                  "(bpftrace), rules loaded (auditd):")
         L.append("")
         L += _md_table(["tracer", "armed"], [[k, fmt_spread(v, 2, " s")] for k, v in armed.items() if k != "all"])
+    L += startup_section(res)
 
     rp = res.get("replay")
     if rp:
@@ -377,8 +487,15 @@ def markdown(res: dict) -> str:
                      f"recording: {', '.join(f'{k} {v}' for k, v in rp['template_types'].items())}), "
                      f"{rp['alerts']} alerts: **{fmt_spread({k: (v / 1000 if k != 'n' else v) for k, v in rp['events_per_s'].items()}, 1, 'k events/s')}** "
                      f"(net of {rp['startup_s']:.2f} s start), wall {fmt_spread(rp['wall_s'], 2, ' s')}. {rp.get('note', '')}")
+            if rp.get("jobs2_events_per_s"):
+                L.append("")
+                L.append(f"`replay --jobs 2` (records split by agent over 2 forked workers, {rp.get('cpus')} CPUs): "
+                         f"**{fmt_spread({k: (v / 1000 if k != 'n' else v) for k, v in rp['jobs2_events_per_s'].items()}, 1, 'k events/s')}**, "
+                         f"wall {fmt_spread(rp['jobs2_wall_s'], 2, ' s')}, {rp.get('jobs2_alerts')} alerts, output "
+                         f"{'byte-identical to --jobs 1' if rp.get('jobs2_same_output') else '**differs from --jobs 1**'}.")
 
     L += fleet_section(res)
+    L += outside_section(res)
     L += sinks_section(res)
 
     notes = res.get("notes") or []

@@ -3,12 +3,13 @@ rule-engine throughput, side by side with bpftrace and auditd.
 
 One concern per module: build (compile progs/*.c), workloads (the programs
 and the agent-mix fixture), tracers (the configurations), overhead, loss,
-latency, memory, replay, fleet, sinks (the phases), report (results.md, results.json).
+latency, memory, replay, fleet, sinks, kernelcost (bpf_stats), startup, outside
+(the phases), report (results.md, results.json).
 
 Environment knobs (all optional):
   BENCH_ROUNDS=5        interleaved rounds of the overhead phase (at least 3 are kept)
   BENCH_SCALE=1         multiply workload counts (e.g. 0.1 while developing)
-  BENCH_PHASES=...      comma list of overhead,loss,latency,memory,replay,fleet,sinks
+  BENCH_PHASES=...      comma list of overhead,kernel,startup,loss,latency,memory,replay,fleet,outside,sinks
   BENCH_BUDGET_S=780    the overhead phase gives up rounds to end the whole run in time
   BENCH_WAIT_QUIET=0    wait up to this many seconds for load average < BENCH_QUIET_LOAD (0.5)
   AGENTWATCH=CMD        the agentwatch command (default .venv/bin/agentwatch)
@@ -28,23 +29,27 @@ sys.path.insert(0, str(HERE))
 
 import build  # noqa: E402
 import fleet  # noqa: E402
+import kernelcost  # noqa: E402
 import latency  # noqa: E402
 import loss  # noqa: E402
 import memory  # noqa: E402
+import outside  # noqa: E402
 import overhead  # noqa: E402
 import replay  # noqa: E402
 import report  # noqa: E402
 import sinks  # noqa: E402
+import startup  # noqa: E402
 import sysinfo  # noqa: E402
 from awcli import Agentwatch  # noqa: E402
 from stats import summary  # noqa: E402
 from tracers import Auditd, AwRun, AwWatch, Bpftrace  # noqa: E402
 from workloads import MixFixture, make_workloads, scale  # noqa: E402
 
-PHASES = ["overhead", "loss", "latency", "memory", "replay", "fleet", "sinks"]
+PHASES = ["overhead", "kernel", "startup", "loss", "latency", "memory", "replay", "fleet", "outside", "sinks"]
 # Seconds the phases after overhead take at full scale on a 2-CPU VM (measured), so that
 # the overhead phase knows when to stop adding rounds.
-RESERVE_S = {"loss": 150, "latency": 40, "memory": 45, "replay": 90, "fleet": 30, "sinks": 45}
+RESERVE_S = {"kernel": 40, "startup": 60, "loss": 150, "latency": 40, "memory": 45, "replay": 90, "fleet": 30,
+             "outside": 60, "sinks": 45}
 
 
 def log(msg: str) -> None:
@@ -137,6 +142,14 @@ def run_phases(res, aw, progs, mix, workloads, phases, rounds, deadline) -> None
             if tr.armed_s:
                 armed[tr.name] = tr.armed_s
         lap("overhead")
+    if "kernel" in phases:
+        log("== kernel (bpf_stats)")
+        res["kernel"] = {w.name: kernelcost.of_agent(aw, w.argv) for w in workloads if w.name != "agent-mix"}
+        lap("kernel")
+    if "startup" in phases:
+        log("== startup")
+        res["startup"] = startup.measure(aw, progs, 3, log)
+        lap("startup")
     if "loss" in phases and "exec_storm" in progs:
         log("== loss")
         storms = [w for w in workloads if w.name in ("exec", "connect-tcp", "connect-udp")]
@@ -166,6 +179,10 @@ def run_phases(res, aw, progs, mix, workloads, phases, rounds, deadline) -> None
         log("== fleet")
         res["fleet"] = fleet.measure(aw, progs, 100, scale(10_000), 30, 200, log)
         lap("fleet")
+    if "outside" in phases:
+        log("== outside every agent (daemon, 100 sandboxes)")
+        res["outside"] = outside.measure(aw, progs, 100, 3, log)
+        lap("outside")
     if "sinks" in phases:
         log("== sinks")
         res["sinks"] = sinks.measure(scale(sinks.N), sinks.RUNS, log)

@@ -142,6 +142,7 @@ def make_workloads(progs: dict[str, str], mix: MixFixture | None) -> list[Worklo
     """The overhead workloads that could be built here, in a fixed order."""
     out = []
     n_exec, n_tcp, n_udp, n_ioctl = scale(2000), scale(10000), scale(100000), scale(1000000)
+    n_udpnew = scale(30000)
     if "exec_storm" in progs:
         out.append(Workload("exec", [progs["exec_storm"], str(n_exec)],
                             {"fork": n_exec, "exec": n_exec + 1, "exit": n_exec + 1},
@@ -151,6 +152,9 @@ def make_workloads(progs: dict[str, str], mix: MixFixture | None) -> list[Worklo
                             f"TCP connect+accept x{n_tcp}, private netns loopback"))
         out.append(Workload("connect-udp", [progs["net_storm"], "udp", str(n_udp)], {"connect": n_udp},
                             f"UDP connect() x{n_udp} on one socket, private netns loopback"))
+        out.append(Workload("connect-udp-new", [progs["net_storm"], "udpnew", str(n_udpnew)],
+                            {"connect": n_udpnew},
+                            f"UDP socket+connect+close x{n_udpnew}, a new socket each, private netns loopback"))
     if "gpu_storm" in progs:
         out.append(Workload("gpu-ioctl", [progs["gpu_storm"], str(n_ioctl)], {},
                             f"RM_CONTROL ioctl x{n_ioctl} on a simulated /dev/nvidiactl"))
