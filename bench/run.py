@@ -10,7 +10,7 @@ Environment knobs (all optional):
   BENCH_ROUNDS=5        interleaved rounds of the overhead phase (at least 3 are kept)
   BENCH_SCALE=1         multiply workload counts (e.g. 0.1 while developing)
   BENCH_PHASES=...      comma list of overhead,kernel,startup,loss,latency,memory,replay,fleet,outside,sinks
-  BENCH_BUDGET_S=780    the overhead phase gives up rounds to end the whole run in time
+  BENCH_BUDGET_S=1000   the overhead phase gives up rounds to end the whole run in time
   BENCH_WAIT_QUIET=0    wait up to this many seconds for load average < BENCH_QUIET_LOAD (0.5)
   AGENTWATCH=CMD        the agentwatch command (default .venv/bin/agentwatch)
 """
@@ -68,7 +68,7 @@ def main() -> int:
     t_start = time.monotonic()
     phases = [p for p in os.environ.get("BENCH_PHASES", ",".join(PHASES)).split(",") if p in PHASES]
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
-    budget = float(os.environ.get("BENCH_BUDGET_S", "780"))
+    budget = float(os.environ.get("BENCH_BUDGET_S", "1000"))
     wait = float(os.environ.get("BENCH_WAIT_QUIET", "0"))
     if wait > 0:
         sysinfo.wait_quiet(wait, float(os.environ.get("BENCH_QUIET_LOAD", "0.5")), log)
