@@ -9,7 +9,8 @@ for it: a shell, a pipe's reader, an RL harness wrapping short tool calls.
 
 hand_off(fds) double-forks a process that keeps a copy of those fds and
 closes everything else (stdout, stderr, pipes, sockets: a pipe's reader
-sees EOF when agentwatch itself exits), then exits; its exit does the
+sees EOF when agentwatch itself exits), waits until we have closed ours
+(HandOff.release, or our exit), then exits; its exit does the
 unregistering. Our own closes then only drop a reference and return at
 once. Until it is done (about 2 s) the programs still run, writing records
 nobody reads; nothing else is kept (it holds no map but through the
@@ -25,9 +26,25 @@ PR_SET_NAME = 15
 NAME = b"agentwatch-detach"
 
 
-def hand_off(fds: list[int]) -> int | None:
-    """Start the process that will close `fds` last; its pid, or None if it could not start
-    (then the caller's own closes do the waiting, as before)."""
+class HandOff:
+    """The process that closes the fds last (pid), and the caller's side of the pipe it waits
+    on: release() once the caller has closed its own copies (its exit does it too). Until then
+    the process keeps its copies: were it to close them first, the caller's close would be the
+    last reference again, and the wait the caller's."""
+
+    def __init__(self, pid: int, release_fd: int):
+        self.pid = pid
+        self._fd = release_fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def hand_off(fds: list[int]) -> HandOff | None:
+    """Start the process that will close `fds` last, or None if it could not start (then the
+    caller's own closes do the waiting, as before)."""
     keep = {fd for fd in fds if fd >= 0}
     if not keep:
         return None
@@ -36,10 +53,16 @@ def hand_off(fds: list[int]) -> int | None:
     except OSError:
         return None
     try:
-        child = os.fork()
+        done_r, done_w = os.pipe()  # the grandchild reads until EOF: the caller's release()
     except OSError:
         os.close(r)
         os.close(w)
+        return None
+    try:
+        child = os.fork()
+    except OSError:
+        for fd in (r, w, done_r, done_w):
+            os.close(fd)
         return None
     if child == 0:  # pragma: no cover  (a forked child: only os calls, then _exit)
         try:
@@ -49,19 +72,23 @@ def hand_off(fds: list[int]) -> int | None:
             if grandchild:
                 os.write(w, str(grandchild).encode())
                 os._exit(0)
-            _linger(keep)
+            _linger(keep, done_r)
         finally:
             os._exit(0)
     os.close(w)
+    os.close(done_r)
     try:
         data = os.read(r, 32)
     finally:
         os.close(r)
         os.waitpid(child, 0)
-    return int(data) if data.isdigit() else None
+    if not data.isdigit():
+        os.close(done_w)
+        return None
+    return HandOff(int(data), done_w)
 
 
-def _linger(keep: set[int]) -> None:  # pragma: no cover  (runs in the grandchild)
+def _linger(keep: set[int], done: int) -> None:  # pragma: no cover  (runs in the grandchild)
     try:
         ct.CDLL(None, use_errno=True).prctl(PR_SET_NAME, NAME, 0, 0, 0)
     except (OSError, AttributeError):
@@ -72,9 +99,15 @@ def _linger(keep: set[int]) -> None:  # pragma: no cover  (runs in the grandchil
         pass
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd not in keep:
+        if fd not in keep and fd != done:
             try:
                 os.close(fd)
             except OSError:
                 pass
-    # The caller's _exit closes the perf fds: the slow part.
+    try:
+        while os.read(done, 64):  # EOF: the caller has closed its copies (or is gone)
+            pass
+    except OSError:
+        pass
+    os.close(done)
+    # The caller's _exit closes the perf fds, now the last references: the slow part.

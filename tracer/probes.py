@@ -493,12 +493,13 @@ class Probes:
     def close(self) -> None:
         bpf, self._bpf = getattr(self, "_bpf", None), None
         if bpf is not None:
-            self.detacher_pid = None
-            if self.config.detach_in_background:
-                self.detacher_pid = detach.hand_off(bpf.perf_fds())
-            if self.detacher_pid is None:
+            handoff = detach.hand_off(bpf.perf_fds()) if self.config.detach_in_background else None
+            self.detacher_pid = handoff.pid if handoff else None
+            if handoff is None:
                 _detach_tracepoints(bpf)
             bpf.cleanup()
+            if handoff is not None:
+                handoff.release()  # ours are closed: its copies are the last, and its exit the wait
 
     def __enter__(self) -> "Probes":
         return self
