@@ -46,7 +46,7 @@ def tls_listener(net):
     pem = net.tmp / "tls.pem"
     pem.write_bytes(key.read_bytes() + cert.read_bytes())
     net.spawn(net.internet, ["socat", f"OPENSSL-LISTEN:{port},bind={NET_IP},cert={pem},verify=0,reuseaddr,fork",
-                             "SYSTEM:sleep 2; printf 'echo pwned\\nexit\\n'; sleep 2"], "tls-listener", ready=f"{NET_IP}:{port}")
+                             "SYSTEM:sleep 1; printf 'echo pwned\\nexit\\n'; sleep 2"], "tls-listener", ready=f"{NET_IP}:{port}")
     return NET_IP, port
 
 
@@ -58,11 +58,10 @@ def pipe_shells(net, agentwatch, tls_listener):
     parts = []
     for name, (body, _rule, _peer) in FAMILIES.items():
         if name != "openssl-s_client":
-            # The commands come two seconds after the connection, as from a person typing: the links
-            # are read from /proc after the records, and a shell that exits at once is gone by then
-            # (one second was short for python3 -i on a loaded CI machine: it starts in that time).
+            # The commands come a second after the connection, as from a person typing: the links are
+            # read from /proc after the records, and a shell that exits at once is gone by then.
             net.spawn(net.internet, ["socat", f"TCP-LISTEN:{PORTS[name]},bind={NET_IP},reuseaddr,fork",
-                                     "SYSTEM:sleep 2; printf 'echo pwned\\nexit\\n'; sleep 2"],
+                                     "SYSTEM:sleep 1; printf 'echo pwned\\nexit\\n'; sleep 2"],
                       f"pipe-{name}", ready=f"{NET_IP}:{PORTS[name]}")
         script = net.tmp / f"family-{name}.sh"
         script.write_text(body.format(host=NET_IP, port=PORTS[name], fifo=net.tmp / f"fifo-{name}") + "\n")
