@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 import build  # noqa: E402
 import replay  # noqa: E402
 from awcli import ROOT, Agentwatch  # noqa: E402
-from procmon import bpf_fdinfo  # noqa: E402
+import kernelcost  # noqa: E402
 
 PYSPY = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
 
@@ -98,43 +98,15 @@ def main(modes: list[str]) -> None:
             print("== startup\n" + top(d / "startup.txt"))
 
 
-def _prog_ids(pid: int) -> set[int]:
-    """Ids of the BPF programs a process holds open."""
-    return set(bpf_fdinfo(pid, "prog", "prog_id") or ())
-
-
 def kernel_costs(aw: Agentwatch, progs: dict[str, str], script: str) -> str:
-    """Run time per call of each agentwatch BPF program (kernel.bpf_stats_enabled, bpftool)
-    over a shell script; the sysctl is put back after."""
-    import json  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
-    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
-    before = stats.read_text().strip()
-    stats.write_text("1")
-    try:
-        proc = subprocess.Popen(aw.run(["/bin/sh", "-c", script + "; sleep 3"], output="/dev/null"),
-                                stdout=subprocess.PIPE)
-        seen: dict = {}
-        hooks: dict = {}
-        while proc.poll() is None:
-            ids = _prog_ids(proc.pid)
-            out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-            for p in json.loads(out or "[]"):
-                if p.get("id") in ids and p.get("run_cnt"):
-                    seen[p["id"]] = (p["name"], p["run_cnt"], p["run_time_ns"])
-            # Program names are cut to 15 characters; the hook each is attached to tells them apart.
-            out = subprocess.run(["bpftool", "-j", "perf", "show"], capture_output=True, text=True).stdout
-            for p in json.loads(out or "[]"):
-                if p.get("prog_id") in ids and p.get("tracepoint"):
-                    hooks[p["prog_id"]] = p["tracepoint"]
-            time.sleep(0.5)
-        proc.wait()
-    finally:
-        stats.write_text(before)
+    """Run time per call of each agentwatch BPF program over a shell script (kernelcost.py)."""
+    k = kernelcost.of_agent(aw, ["/bin/sh", "-c", script])
+    if "unavailable" in k:
+        return f"n/a: {k['unavailable']}"
     lines = ["program (hook)                    calls   ns/call   total ms"]
-    for pid_, (name, cnt, ns) in sorted(seen.items(), key=lambda kv: -kv[1][2]):
-        lines.append(f"{hooks.get(pid_, name)[:30]:30s} {cnt:9d} {ns / cnt:9.0f} {ns / 1e6:10.1f}")
+    for p in k["programs"]:
+        lines.append(f"{p['hook'][:30]:30s} {p['calls']:9d} {p['ns_per_call']:9.0f} "
+                     f"{p['calls'] * p['ns_per_call'] / 1e6:10.1f}")
     return "\n".join(lines)
 
 
