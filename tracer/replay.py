@@ -23,6 +23,7 @@ import heapq
 import io
 import multiprocessing
 import os
+import re
 import stat
 import sys
 from array import array
@@ -88,17 +89,27 @@ class _Run:
         self.show_events = show_events
         self.skip = {t.encode() for t in RECORD_TYPES if t not in engine.types and t not in ("lost", "status")}
         self.skip_status = "status" not in engine.types
+        self.last = None
+        # Types that rules read only when they hold one of some texts (Engine.needed_text): a
+        # line without a backslash (every string in it written as is) and without any of them
+        # quoted is skipped unparsed, as a connection record that is not "established" is.
+        self.needed = {t.encode(): re.compile(b"|".join(re.escape(orjson.dumps(v)) for v in sorted(texts))).search
+                       for t, texts in engine.needed_text.items() if texts}
 
-    def lines(self, numbered: Iterable, emit) -> tuple[int, list | None, tuple | None]:
+    def lines(self, numbered: Iterable, emit, owner=None, me: int = 0) -> tuple[int, list | None, tuple | None]:
         """Run (line number, line as read) pairs; returns (records read, collected, error).
 
         emit(rec) is called for each record to write, in order; with emit
         None the (line number, record) pairs are collected and returned
         instead. error: (line number, message) of a line that is not a
-        record; the lines after it are not run.
+        record; the lines after it are not run. owner: a worker's router
+        (_Router.owner): only the lines owner() gives to worker `me` are
+        run, the skipped ones are not routed and worker 0 counts them (every
+        worker skips the same lines, so the routing is still the same in
+        all). self.last: the number of the last line taken from `numbered`.
         """
         show_events = self.show_events
-        skip, skip_status = self.skip, self.skip_status
+        skip, skip_status, needed = self.skip, self.skip_status, self.needed
         evaluate = self.engine.evaluate
         loads = orjson.loads
         collected = None
@@ -106,17 +117,26 @@ class _Run:
             collected = []
             append = collected.append
         count = 0
+        counts_skipped = 1 if owner is None or me == 0 else 0
+        lineno = None
         for lineno, line in numbered:
             if not show_events:
                 if line.startswith(_EVENT_HEAD):
-                    if line[24:line.find(b'"', 24, 48)] in skip:
-                        count += 1
+                    t = line[24:line.find(b'"', 24, 48)]
+                    if t in skip:
+                        count += counts_skipped
+                        continue
+                    has_text = needed.get(t)
+                    if has_text is not None and has_text(line) is None and b"\\" not in line:
+                        count += counts_skipped
                         continue
                 elif line.startswith(_ALERT_HEAD):
                     continue
                 elif skip_status and line.startswith(_STATUS_HEAD):
-                    count += 1
+                    count += counts_skipped
                     continue
+            if owner is not None and owner(line) != me:
+                continue
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError as exc:
@@ -143,6 +163,7 @@ class _Run:
                     append((lineno, alert))
                 else:
                     emit(alert)
+        self.last = lineno
         return count, collected, None
 
 
@@ -308,20 +329,13 @@ def _work(conn, k: int, jobs: int, name: str, engine, show_events: bool, source)
                 f.seek(offset)
                 numbered = enumerate(f, 1)
                 owner = _Router(jobs).owner
-                read = [0]
-
-                def batch():
-                    for lineno, line in islice(numbered, _BATCH):
-                        read[0] += 1
-                        if owner(line) == k:
-                            yield lineno, line
-
+                end = _BATCH  # the number of the last line of the batch
                 while True:
-                    read[0] = 0
-                    result = run.lines(batch(), None)
+                    result = run.lines(islice(numbered, _BATCH), None, owner, k)
                     conn.send(result)
-                    if result[2] is not None or read[0] < _BATCH:
+                    if result[2] is not None or run.last != end:  # an error, or the end of the file
                         break
+                    end += _BATCH
             conn.send(None)
             conn.recv()  # the parent's goodbye
         else:

@@ -113,6 +113,28 @@ def test_records_no_rule_reads_are_skipped_unparsed_but_other_shapes_are_parsed(
         run_replay(b'{"kind":"event","type":"fork","broken\n', show_events=True)
 
 
+def test_records_without_a_text_every_rule_needs_are_skipped_unparsed():
+    eng = Engine(load(check_examples=False).rules)
+    # Only the reverse-tunnel rule reads connection records, and only established ones.
+    assert eng.needed_text["connection"] == {"established"}
+    outside = rec(1, type="connection", process={"pid": 40, "key": "40:1"},
+                  network={"daddr": "198.51.100.7", "dport": 22, "scope": "external"},
+                  connection={"state": "established", "duration_s": None})
+    back = rec(2, type="connect", process={"pid": 40, "key": "40:1"},
+               network={"daddr": "127.0.0.1", "dport": 8000, "scope": "loopback", "protocol": "tcp"})
+    closed = jsonl([{**outside, "connection": {"state": "closed", "duration_s": 1.0}}])
+    fired = [a["rule"] for a in lines(run_replay(jsonl([outside, back]), eng=eng))]
+    assert "reverse-tunnel-behaviour" in fired
+    # A closed connection is skipped: not even parsed (broken past the text would be an error)...
+    assert run_replay(closed[:-20] + b"\n", eng=Engine(eng.rules)) == b""
+    # ...and it is still counted as a record read.
+    assert replay(io.BytesIO(closed * 3), "rec.jsonl", Engine(eng.rules), JsonLinesWriter(io.BytesIO()), False) == 3
+    # The value written with an escape is not missed: a line with a backslash is always parsed.
+    escaped = jsonl([outside]).replace(b'"established"', b'"\\u0065stablished"')
+    assert b"established" not in escaped
+    assert [a["rule"] for a in lines(run_replay(escaped + jsonl([back]), eng=Engine(eng.rules)))] == fired
+
+
 @pytest.mark.parametrize("line, message", [
     (b"not json\n", "rec.jsonl:2: not a JSON record"),
     (b"[1, 2]\n", "rec.jsonl:2: not a JSON object"),

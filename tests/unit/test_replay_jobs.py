@@ -97,6 +97,26 @@ def test_the_file_spreads_over_the_workers_and_fires_many_rules():
     assert len({a["agent"]["id"] for a in alerts}) == AGENTS
 
 
+@pytest.mark.parametrize("from_file", [True, False])
+def test_jobs_count_every_record_once(from_file, tmp_path):
+    """Records skipped unparsed are counted by one worker only; the others by their agent's."""
+    # Forks (no rule reads them) and closed connections (no rule reads those) are skipped.
+    skipped = [orjson.dumps({"kind": "event", "type": t, "time": _stamp(1_790_000_000.0 + i),
+                             "agent": {"id": f"agent-{i % AGENTS:012x}"}, "process": {"pid": 100 + i},
+                             "connection": {"state": "closed"}})
+               for i, t in enumerate(["fork", "connection"] * 20)]
+    data = DATA + b"\n".join(skipped) + b"\n"
+
+    def count(jobs: int) -> int:
+        path = tmp_path / "count.jsonl"
+        path.write_bytes(data)
+        with path.open("rb") as f:
+            src = f if from_file else io.BytesIO(data)
+            return replay(src, "rec.jsonl", Engine(RULES), JsonLinesWriter(io.BytesIO()), False, jobs)
+
+    assert count(1) == count(2) == count(3) == len(DATA.splitlines()) + len(skipped)
+
+
 @pytest.mark.parametrize("jobs", [2, 3])
 @pytest.mark.parametrize("from_file", [True, False])
 def test_jobs_give_the_bytes_of_one_job(jobs, from_file, tmp_path):

@@ -70,6 +70,37 @@ class Engine:
         self.types = frozenset(t for r in self.rules for t in r.all_events)
         if self._lineages is not None:
             self.types |= {"exec"}
+        self.needed_text = self._needed_text()
+
+    def _needed_text(self) -> dict[str, frozenset]:
+        """Record type -> texts one of which a record of that type must hold for any rule to read it.
+
+        For the types where every rule that reads them has a guard made only of
+        "eq" alternatives on fields read as written (Field.get.raw_text) with
+        text values: a record without one of those values in one of those
+        fields can match nothing, change no state, and so need not be parsed
+        (replay._Run tests the quoted texts against the raw line). Not for
+        exec when lineages are kept (every exec is seen), nor for lost records.
+        """
+        out = {}
+        for t in self.types - {"lost", "status"}:
+            if t == "exec" and self._lineages is not None:
+                continue
+            guards = []
+            plan = self._single.get(t)
+            if plan is not None:
+                if plan.always:
+                    continue
+                guards.extend(plan.guards)
+            machines = self._stateful.get(t)
+            if machines is not None:
+                if machines.always:
+                    continue
+                guards.extend(machines.gates)
+            texts = _eq_texts(guards) if guards else None
+            if texts is not None:
+                out[t] = texts
+        return out
 
     def evaluate(self, rec: dict) -> list[dict]:
         kind = rec.get("kind")
@@ -106,6 +137,23 @@ class Engine:
         return sum(len(m.state) for m in self._machines)
 
 
+def _eq_texts(guards: list) -> frozenset | None:
+    """The text values of guards made only of "eq" alternatives on raw-text fields; None otherwise."""
+    out = set()
+    for guard in guards:
+        if guard is None:
+            return None
+        for kind, name, values in guard:
+            fld = F.field(name)
+            if kind != "eq" or fld is None or not getattr(fld.get, "raw_text", False):
+                return None
+            for v in values:
+                if v.__class__ is not str:
+                    return None
+                out.add(v)
+    return frozenset(out)
+
+
 def _order(hit: tuple[int, dict]) -> int:
     return hit[0]
 
@@ -131,6 +179,9 @@ class _GuardIndex:
     scan of the field's text for the literals of every entry that has one.
     Text that is not ASCII is not scanned (case folding beyond ASCII is not
     lower()): every entry with a "sub" guard on that field is a candidate then.
+    The candidates are a bit mask of the entries' indexes (bit i: entry i):
+    or-ing ints costs a fraction of a union of sets, and the callers turn
+    the few distinct masks into what to run once (_by_mask).
     """
 
     def __init__(self, guards: list) -> None:  # (index, guard)
@@ -140,21 +191,23 @@ class _GuardIndex:
             for kind, name, values in guard:
                 table = (eq if kind == "eq" else sub).setdefault(name, {})
                 for v in values:
-                    table.setdefault(v, set()).add(index)
-        self.eq = tuple((F.field(name).get, {v: frozenset(i) for v, i in table.items()}) for name, table in eq.items())
-        self.sub = tuple(
-            (F.field(name).get, _any_literal(table), tuple((lit, frozenset(i)) for lit, i in sorted(table.items())),
-             frozenset().union(*table.values()))
-            for name, table in sub.items()
-        )
+                    table[v] = table.get(v, 0) | (1 << index)
+        self.eq = tuple((F.field(name).get, table) for name, table in eq.items())
+        subs = []
+        for name, table in sub.items():
+            everyone = 0  # every entry with a "sub" guard on this field
+            for mask in table.values():
+                everyone |= mask
+            subs.append((F.field(name).get, _any_literal(table), tuple(sorted(table.items())), everyone))
+        self.sub = tuple(subs)
 
-    def hits(self, rec: dict) -> frozenset | None:
-        """The indexes of the entries a guard alternative of which holds; None for none."""
-        cands = None  # a frozenset of indexes, made only when something hits
+    def hits(self, rec: dict) -> int:
+        """The mask of the entries a guard alternative of which holds (0: none)."""
+        cands = 0
         for get, table in self.eq:
             hits = table.get(get(rec))
             if hits is not None:
-                cands = hits if cands is None else cands | hits
+                cands |= hits
         for get, any_literal, literals, everyone in self.sub:
             text = get(rec)
             if text is None:
@@ -165,20 +218,40 @@ class _GuardIndex:
                     continue
                 for lit, hits in literals:
                     if lit in low:
-                        cands = hits if cands is None else cands | hits
+                        cands |= hits
             else:
-                cands = everyone if cands is None else cands | everyone
+                cands |= everyone
         return cands
+
+
+# Distinct candidate masks remembered per plan: a handful in practice (the
+# guards of one record type take few combinations); past this, start over.
+_MASKS_MAX = 4096
+
+
+def _bits(mask: int) -> tuple:
+    """The indexes of the set bits of mask, lowest first."""
+    out = []
+    k = 0
+    while mask:
+        if mask & 1:
+            out.append(k)
+        mask >>= 1
+        k += 1
+    return tuple(out)
 
 
 class _Plan:
     """The single-event rules of one record type: those without a guard on every record, the others by _GuardIndex."""
 
     def __init__(self, entries: list) -> None:  # (index, rule, match, guard)
-        self.entries = {index: (rule, match) for index, rule, match, _ in entries}
         self.always = tuple((index, rule, match) for index, rule, match, guard in entries if guard is None)
-        guards = [(index, guard) for index, _, _, guard in entries if guard is not None]
+        # The guarded entries by their position here (the bit of _GuardIndex), each with its rule index.
+        self.guarded = [(index, rule, match) for index, rule, match, guard in entries if guard is not None]
+        self.guards = [guard for _, _, _, guard in entries if guard is not None]
+        guards = list(enumerate(self.guards))
         self.index = _GuardIndex(guards) if guards else None
+        self._by_mask: dict[int, tuple] = {}  # candidate mask -> the entries to test
 
     def run(self, rec: dict) -> list | None:
         out = None
@@ -190,10 +263,14 @@ class _Plan:
         if self.index is None:
             return out
         cands = self.index.hits(rec)
-        if cands is not None:
-            entries = self.entries
-            for index in cands:
-                rule, match = entries[index]
+        if cands:
+            entries = self._by_mask.get(cands)
+            if entries is None:
+                if len(self._by_mask) >= _MASKS_MAX:
+                    self._by_mask.clear()
+                guarded = self.guarded
+                entries = self._by_mask[cands] = tuple(guarded[k] for k in _bits(cands))
+            for index, rule, match in entries:
                 if match(rec):
                     if out is None:
                         out = []
@@ -214,10 +291,14 @@ class _Machines:
     def __init__(self, machines: list, t: str) -> None:
         self.all = tuple(machines)
         gates = [(k, m.gate(t)) for k, m in enumerate(machines)]
-        self.always = frozenset(k for k, g in gates if g is None)
+        self.gates = [g for _, g in gates if g is not None]
+        self.always = 0
+        for k, g in gates:
+            if g is None:
+                self.always |= 1 << k
         indexed = [(k, g) for k, g in gates if g is not None]
         self.index = _GuardIndex(indexed) if indexed else None
-        self._chosen: dict = {}  # candidate set -> the machines, in rule order (few distinct sets)
+        self._chosen: dict[int, tuple] = {}  # candidate mask -> the machines, in rule order (few distinct masks)
 
     def reached(self, rec: dict) -> tuple:
         if self.index is None:
@@ -225,8 +306,10 @@ class _Machines:
         cands = self.index.hits(rec)
         chosen = self._chosen.get(cands)
         if chosen is None:
-            ks = self.always if cands is None else self.always | cands
-            chosen = self._chosen[cands] = tuple(self.all[k] for k in sorted(ks))
+            if len(self._chosen) >= _MASKS_MAX:
+                self._chosen.clear()
+            machines = self.all
+            chosen = self._chosen[cands] = tuple(machines[k] for k in _bits(self.always | cands))
         return chosen
 
 
@@ -458,6 +541,11 @@ class Sequence(_Stateful):
                 else:
                     matched.append(k)
         if matched is None:
+            return None
+        if matched[0] and not self.state:
+            # Only later steps matched (steps_for is in step order) and no partial match is
+            # held: nothing to continue. The common case of a reverse-tunnel rule's second
+            # step (a loopback connect) when no process holds an outside connection.
             return None
         now = self.clock(rec)
         if now is None:

@@ -26,6 +26,10 @@ RECORD_TYPES = ("exec", "exit", "fork", "connect", "send", "connection", "dns", 
                 "status")
 
 Getter = Callable[[dict], object]
+# A getter with raw_text = True returns a string exactly as the record holds it at one
+# path (not derived, not normalised): a record whose JSON text has no backslash holds
+# that value only if it holds it quoted, byte for byte (what lets a replay skip lines
+# unparsed, Engine.needed_text).
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,7 @@ def _top(key: str, typ: type) -> Getter:
         v = r.get(key)
         return v if v.__class__ is typ else None
 
+    get.raw_text = typ is str
     return get
 
 
@@ -104,6 +109,7 @@ def _sub(top: str, key: str, typ: type) -> Getter:
                 return v
         return None
 
+    get.raw_text = typ is str
     return get
 
 
@@ -261,6 +267,7 @@ def _nested(top: str, mid: str, key: str, typ: type) -> Getter:
                     return v
         return None
 
+    get.raw_text = typ is str
     return get
 
 
