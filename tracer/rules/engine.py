@@ -38,11 +38,11 @@ class Engine:
 
     def __init__(self, rules: list) -> None:
         self.rules = [r for r in rules if r.enabled]
-        self._single: dict[str, _Plan] = {}
-        self._stateful: dict = {}  # record type -> _Machines
+        self._by_type: dict[str, _Dispatch] = {}
         self._machines: list = []
         self._lineages: _Lineages | None = None
         singles: dict[str, list] = {}
+        stateful: dict[str, list] = {}
         for index, rule in enumerate(self.rules):
             if rule.sequence is not None:
                 machine = Sequence(index, rule)
@@ -60,10 +60,9 @@ class Engine:
                 continue
             self._machines.append(machine)
             for t in machine.types:
-                self._stateful.setdefault(t, []).append(machine)
-        for t, entries in singles.items():
-            self._single[t] = _Plan(entries)
-        self._stateful = {t: _Machines(ms, t) for t, ms in self._stateful.items()}
+                stateful.setdefault(t, []).append(machine)
+        for t in singles.keys() | stateful.keys():
+            self._by_type[t] = _Dispatch(singles.get(t, []), stateful.get(t, []), t)
         # Record types any rule reads (as written: a replay skips the others undecoded); an agent or
         # lineage threshold also learns who the ancestors are from exec records (not forks: a
         # replay would then decode a quarter more records).
@@ -86,18 +85,10 @@ class Engine:
         for t in self.types - {"lost", "status"}:
             if t == "exec" and self._lineages is not None:
                 continue
-            guards = []
-            plan = self._single.get(t)
-            if plan is not None:
-                if plan.always:
-                    continue
-                guards.extend(plan.guards)
-            machines = self._stateful.get(t)
-            if machines is not None:
-                if machines.always:
-                    continue
-                guards.extend(machines.gates)
-            texts = _eq_texts(guards) if guards else None
+            dispatch = self._by_type.get(t)
+            if dispatch is None or dispatch.unguarded:
+                continue
+            texts = _eq_texts(dispatch.guards)
             if texts is not None:
                 out[t] = texts
         return out
@@ -114,18 +105,22 @@ class Engine:
             return []
         if t == "exec" and self._lineages is not None:
             self._lineages.see(rec)
+        dispatch = self._by_type.get(t)
+        if dispatch is None:
+            return []
+        singles, machines = dispatch.select(rec)
         out: list | None = None
-        plan = self._single.get(t)
-        if plan is not None:
-            out = plan.run(rec)
-        machines = self._stateful.get(t)
-        if machines is not None:
-            for m in machines.reached(rec):
-                hit = m.feed(rec, t)
-                if hit is not None:
-                    if out is None:
-                        out = []
-                    out.append(hit)
+        for index, rule, match in singles:
+            if match(rec):
+                if out is None:
+                    out = []
+                out.append((index, alert_record(rule, [rec])))
+        for m in machines:
+            hit = m.feed(rec, t)
+            if hit is not None:
+                if out is None:
+                    out = []
+                out.append(hit)
         if not out:
             return []
         if len(out) > 1:
@@ -241,75 +236,60 @@ def _bits(mask: int) -> tuple:
     return tuple(out)
 
 
-class _Plan:
-    """The single-event rules of one record type: those without a guard on every record, the others by _GuardIndex."""
+class _Dispatch:
+    """The rules of one record type, and which of them a record can reach: one _GuardIndex for all.
 
-    def __init__(self, entries: list) -> None:  # (index, rule, match, guard)
-        self.always = tuple((index, rule, match) for index, rule, match, guard in entries if guard is None)
-        # The guarded entries by their position here (the bit of _GuardIndex), each with its rule index.
-        self.guarded = [(index, rule, match) for index, rule, match, guard in entries if guard is not None]
-        self.guards = [guard for _, _, _, guard in entries if guard is not None]
-        guards = list(enumerate(self.guards))
-        self.index = _GuardIndex(guards) if guards else None
-        self._by_mask: dict[int, tuple] = {}  # candidate mask -> the entries to test
-
-    def run(self, rec: dict) -> list | None:
-        out = None
-        for index, rule, match in self.always:
-            if match(rec):
-                if out is None:
-                    out = []
-                out.append((index, alert_record(rule, [rec])))
-        if self.index is None:
-            return out
-        cands = self.index.hits(rec)
-        if cands:
-            entries = self._by_mask.get(cands)
-            if entries is None:
-                if len(self._by_mask) >= _MASKS_MAX:
-                    self._by_mask.clear()
-                guarded = self.guarded
-                entries = self._by_mask[cands] = tuple(guarded[k] for k in _bits(cands))
-            for index, rule, match in entries:
-                if match(rec):
-                    if out is None:
-                        out = []
-                    out.append((index, alert_record(rule, [rec])))
-        return out
-
-
-class _Machines:
-    """The stateful rules of one record type, and which of them a record can reach.
-
-    A sequence or threshold only changes its state when its condition (or a
-    step's) holds, so the rules none of whose guards hold for this type
-    (Sequence.gate, Threshold.gate) are not fed the record at all: a connect
-    to a private address costs nothing to the external-scan thresholds. The
-    ones fed are fed in rule order, as without the index.
+    Single-event rules without a guard are tested on every record, the others
+    when their guard holds. A sequence or threshold only changes its state
+    when its condition (or a step's) holds, so one none of whose guards hold
+    for this type (Sequence.gate, Threshold.gate) is not fed the record at all:
+    a connect to a private address costs nothing to the external-scan
+    thresholds. Singles and stateful rules share the index (bits 0..n-1: the
+    guarded singles; above: the stateful rules), so a field both read is
+    looked at once. Machines are fed in rule order, as without the index.
     """
 
-    def __init__(self, machines: list, t: str) -> None:
-        self.all = tuple(machines)
-        gates = [(k, m.gate(t)) for k, m in enumerate(machines)]
-        self.gates = [g for _, g in gates if g is not None]
-        self.always = 0
-        for k, g in gates:
+    def __init__(self, singles: list, machines: list, t: str) -> None:
+        # singles: (index, rule, match, guard); machines: Sequence, Threshold, GroupThreshold
+        always = [(index, rule, match) for index, rule, match, guard in singles if guard is None]
+        self.guarded = [(index, rule, match) for index, rule, match, guard in singles if guard is not None]
+        self.machines = tuple(machines)
+        gates = [m.gate(t) for m in machines]
+        n = len(self.guarded)
+        self.shift = n
+        self.single_bits = (1 << n) - 1
+        self.always_singles = tuple(always)
+        self.always_machines = 0
+        for k, g in enumerate(gates):
             if g is None:
-                self.always |= 1 << k
-        indexed = [(k, g) for k, g in gates if g is not None]
+                self.always_machines |= 1 << k
+        self.unguarded = bool(always) or bool(self.always_machines)
+        # Every guard, for Engine.needed_text.
+        self.guards = [guard for _, _, _, guard in singles if guard is not None] + [g for g in gates if g is not None]
+        indexed = [(k, guard) for k, (_, _, _, guard) in enumerate(e for e in singles if e[3] is not None)]
+        indexed += [(n + k, g) for k, g in enumerate(gates) if g is not None]
         self.index = _GuardIndex(indexed) if indexed else None
-        self._chosen: dict[int, tuple] = {}  # candidate mask -> the machines, in rule order (few distinct masks)
+        self._chosen: dict[int, tuple] = {}  # candidate mask -> (singles, machines) to run (few distinct masks)
+        self._nothing = self._choose(0)
 
-    def reached(self, rec: dict) -> tuple:
+    def _choose(self, mask: int) -> tuple:
+        guarded = self.guarded
+        machines = self.machines
+        singles = self.always_singles + tuple(guarded[k] for k in _bits(mask & self.single_bits))
+        return singles, tuple(machines[k] for k in _bits(self.always_machines | (mask >> self.shift)))
+
+    def select(self, rec: dict) -> tuple:
+        """(single-event rules to test, stateful rules to feed) for this record."""
         if self.index is None:
-            return self.all
+            return self._nothing
         cands = self.index.hits(rec)
+        if not cands:
+            return self._nothing
         chosen = self._chosen.get(cands)
         if chosen is None:
             if len(self._chosen) >= _MASKS_MAX:
                 self._chosen.clear()
-            machines = self.all
-            chosen = self._chosen[cands] = tuple(machines[k] for k in _bits(self.always | cands))
+            chosen = self._chosen[cands] = self._choose(cands)
         return chosen
 
 
@@ -659,7 +639,7 @@ def _matches_by_type(rule) -> dict:
     """Record type -> the rule's condition for it, for the types it can match.
 
     Bare, not behind its guard: the engine feeds a threshold only the records
-    its guard lets through (_Machines), so testing it again would be waste.
+    its guard lets through (_Dispatch), so testing it again would be waste.
     """
     out = {}
     for t in rule.events:
