@@ -21,11 +21,14 @@ from __future__ import annotations
 import gc
 import heapq
 import io
+import mmap
 import multiprocessing
 import os
+import queue
 import re
 import stat
 import sys
+import threading
 from array import array
 from itertools import islice
 from operator import itemgetter
@@ -89,24 +92,41 @@ class _Run:
         self.show_events = show_events
         self.skip = {t.encode() for t in RECORD_TYPES if t not in engine.types and t not in ("lost", "status")}
         self.skip_status = "status" not in engine.types
-        self.last = None
         # Types that rules read only when they hold one of some texts (Engine.needed_text): a
         # line without a backslash (every string in it written as is) and without any of them
         # quoted is skipped unparsed, as a connection record that is not "established" is.
         self.needed = {t.encode(): re.compile(b"|".join(re.escape(orjson.dumps(v)) for v in sorted(texts))).search
                        for t, texts in engine.needed_text.items() if texts}
 
-    def lines(self, numbered: Iterable, emit, owner=None, me: int = 0) -> tuple[int, list | None, tuple | None]:
+    def skips(self, line: bytes) -> int:
+        """0: run the line; 1: skip it unparsed, a record read (no rule reads it); 2: skip it, an alert.
+
+        Like lines(), for the parent of --jobs (which counts what it skips).
+        """
+        if self.show_events:
+            return 0
+        if line.startswith(_EVENT_HEAD):
+            t = line[24:line.find(b'"', 24, 48)]
+            if t in self.skip:
+                return 1
+            has_text = self.needed.get(t)
+            if has_text is not None and has_text(line) is None and b"\\" not in line:
+                return 1
+        elif line.startswith(_ALERT_HEAD):
+            return 2
+        elif self.skip_status and line.startswith(_STATUS_HEAD):
+            return 1
+        return 0
+
+    def lines(self, numbered: Iterable, emit) -> tuple[int, list | None, tuple | None]:
         """Run (line number, line as read) pairs; returns (records read, collected, error).
 
         emit(rec) is called for each record to write, in order; with emit
         None the (line number, record) pairs are collected and returned
         instead. error: (line number, message) of a line that is not a
-        record; the lines after it are not run. owner: a worker's router
-        (_Router.owner): only the lines owner() gives to worker `me` are
-        run, the skipped ones are not routed and worker 0 counts them (every
-        worker skips the same lines, so the routing is still the same in
-        all). self.last: the number of the last line taken from `numbered`.
+        record; the lines after it are not run. What no rule reads is
+        skipped unparsed, as by skips() (written out here: the loop of a
+        replay on one core).
         """
         show_events = self.show_events
         skip, skip_status, needed = self.skip, self.skip_status, self.needed
@@ -117,26 +137,22 @@ class _Run:
             collected = []
             append = collected.append
         count = 0
-        counts_skipped = 1 if owner is None or me == 0 else 0
-        lineno = None
         for lineno, line in numbered:
             if not show_events:
                 if line.startswith(_EVENT_HEAD):
                     t = line[24:line.find(b'"', 24, 48)]
                     if t in skip:
-                        count += counts_skipped
+                        count += 1
                         continue
                     has_text = needed.get(t)
                     if has_text is not None and has_text(line) is None and b"\\" not in line:
-                        count += counts_skipped
+                        count += 1
                         continue
                 elif line.startswith(_ALERT_HEAD):
                     continue
                 elif skip_status and line.startswith(_STATUS_HEAD):
-                    count += counts_skipped
+                    count += 1
                     continue
-            if owner is not None and owner(line) != me:
-                continue
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError as exc:
@@ -163,55 +179,76 @@ class _Run:
                     append((lineno, alert))
                 else:
                     emit(alert)
-        self.last = lineno
         return count, collected, None
 
 
 # --------------------------------------------------------------------------
 # Several processes: records split by agent.
 #
-# From a regular file each worker reads the whole file itself (its own open
-# file, the page cache shares the pages) and keeps the lines the router gives
-# it: every worker routes every line the same way, so nothing but the results
-# crosses a pipe. From a pipe (stdin) the parent reads and routes, and sends
-# each worker its lines. Either way a worker answers each batch of _BATCH
-# lines (the same batches in every worker) with what to write, and the
-# parent merges the answers by line number. (The parent routing for every
-# worker from a file measured slower on two CPUs: it competes with them.)
+# The parent reads the lines, skips those no rule reads (counting them) and
+# routes the others by agent. From a regular file it sends each worker only
+# where its lines are (line numbers, offsets, lengths) and the worker slices
+# them out of its own map of the file (the page cache shares the pages); from
+# a pipe (stdin) it sends the lines themselves. Each worker answers each
+# batch of _BATCH lines (the same batches for every worker) with what to
+# write, and the parent merges the answers by line number. (Every worker
+# reading and routing the whole file itself measured 1.56x on two CPUs: the
+# routing was paid once per worker.)
 
 
 def _replay_jobs(stream: BinaryIO, name: str, engine, writer: Writer, show_events: bool, jobs: int) -> int:
     sys.stdout.flush()  # a forked child flushes inherited std buffers when it ends: leave them empty
     sys.stderr.flush()
     source = _file_source(stream)
-    workers = [_Worker(k, jobs, name, engine, show_events, source) for k in range(jobs)]
-    count = 0
-    try:
-        sending = None
-        if source is None:  # the parent reads and routes
-            sending = _routed(stream, _Router(jobs))
-            pending = next(sending, None)
-        while True:
-            if sending is not None:
-                if pending is None:
-                    break
-                for w, part in zip(workers, pending):
+    run = _Run(name, engine, show_events)
+    workers = [_Worker(k, run, source) for k in range(jobs)]
+    # A thread reads, routes and sends while this one merges what comes back: the workers
+    # always have the next batch waiting (the sockets' buffers hold a few), and a worker
+    # blocked on a full socket is only waiting for this thread, which reads in order.
+    batches: queue.Queue = queue.Queue()  # per batch sent: the lines the router skipped; then None
+
+    def feed() -> None:
+        try:
+            for parts, skipped in _routed(stream, _Router(jobs), run, None if source is None else source[1]):
+                for w, part in zip(workers, parts):
                     w.send(part)
-                pending = next(sending, None)  # the next batch is read and routed while the workers run this one
-            results = [w.receive() for w in workers]
-            if results[0] is None:  # the end of the file (every worker reads the same batches)
+                batches.put(skipped)
+            for w in workers:
+                w.send(None)
+        except (BrokenPipeError, ConnectionResetError):  # the workers were stopped (an error here)
+            pass
+        except BaseException as exc:  # noqa: BLE001  (handed to the main thread, which raises it)
+            batches.put(exc)
+        batches.put(None)
+
+    sender = threading.Thread(target=feed, name="replay-router", daemon=True)
+    sender.start()
+    count = 0
+    done = False
+    try:
+        write = writer.write
+        while True:
+            skipped = batches.get()
+            if skipped is None:
                 break
+            if isinstance(skipped, BaseException):
+                raise skipped
+            results = [w.receive() for w in workers]
             errors = [r[2] for r in results if r[2] is not None]
             stop = min(errors)[0] if errors else None
-            write = writer.write
             for lineno, rec in heapq.merge(*(r[1] for r in results), key=itemgetter(0)):
                 if stop is not None and lineno >= stop:
                     break
                 write(rec)
             if errors:
                 raise ReplayError(min(errors)[1])
-            count += sum(r[0] for r in results)
+            count += skipped + sum(r[0] for r in results)
+        done = True
     finally:
+        if not done:  # the sender may be blocked on a worker: stopping the workers frees it
+            for w in workers:
+                w.kill()
+        sender.join()
         for w in workers:
             w.close()
     return count
@@ -265,53 +302,87 @@ def _agent_of(line: bytes) -> bytes | None:
     return aid.encode() if aid.__class__ is str else None
 
 
-def _routed(stream: BinaryIO, router: _Router):
-    """Per batch of the stream, each worker's share to send: (line numbers, line lengths, the lines joined)."""
+def _routed(stream: BinaryIO, router: _Router, run: _Run, offset: int | None):
+    """Per batch of the stream: (each worker's share to send, the lines skipped).
+
+    A share is (line numbers, line lengths, the lines joined), or with an
+    offset (the stream is a regular file, that is where it was) (line
+    numbers, line lengths, offsets in the file).
+    """
     jobs = router.jobs
+    workers = router.workers
+    owner = router.owner
+    skip, skip_status, needed = run.skip, run.skip_status, run.needed
+    show_events = run.show_events
     numbered = enumerate(stream, 1)
     while True:
         numbers = [array("Q") for _ in range(jobs)]
         lengths = [array("Q") for _ in range(jobs)]
-        mine: list[list] = [[] for _ in range(jobs)]
-        n = 0
+        where: list = [[] for _ in range(jobs)] if offset is None else [array("Q") for _ in range(jobs)]
+        n = skipped = 0
         for lineno, line in islice(numbered, _BATCH):
             n += 1
-            w = router.owner(line)
+            size = len(line)
+            if offset is not None:
+                offset += size
+            # _Run.lines' skips and _Router.owner's common case, written out (once a line).
+            if not show_events:
+                if line.startswith(_EVENT_HEAD):
+                    t = line[24:line.find(b'"', 24, 48)]
+                    if t in skip:
+                        skipped += 1
+                        continue
+                    has_text = needed.get(t)
+                    if has_text is not None and has_text(line) is None and b"\\" not in line:
+                        skipped += 1
+                        continue
+                elif line.startswith(_ALERT_HEAD):
+                    continue
+                elif skip_status and line.startswith(_STATUS_HEAD):
+                    skipped += 1
+                    continue
+            at = line.find(_AGENT_ID)
+            w = workers.get(line[at + 15:line.find(b'"', at + 15)]) if at >= 0 else None
+            if w is None:
+                w = owner(line)
             numbers[w].append(lineno)
-            lengths[w].append(len(line))
-            mine[w].append(line)
+            lengths[w].append(size)
+            where[w].append(line if offset is None else offset - size)
         if not n:
             return
-        yield [(numbers[k].tobytes(), lengths[k].tobytes(), b"".join(mine[k])) for k in range(jobs)]
+        if offset is None:
+            yield [(numbers[k].tobytes(), lengths[k].tobytes(), b"".join(where[k])) for k in range(jobs)], skipped
+        else:
+            yield [(numbers[k].tobytes(), lengths[k].tobytes(), where[k].tobytes()) for k in range(jobs)], skipped
 
 
 class _Worker:
     """A forked process with its own engine: lines in, (line number, record to write) pairs out."""
 
-    def __init__(self, k: int, jobs: int, name: str, engine, show_events: bool, source) -> None:
+    def __init__(self, k: int, run: _Run, source) -> None:
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_work, args=(child, k, jobs, name, engine, show_events, source), daemon=True)
+        self.proc = ctx.Process(target=_work, args=(child, run, source), daemon=True)
         self.proc.start()
         child.close()
 
     def send(self, part: tuple) -> None:
         self.conn.send(part)
 
-    def receive(self) -> tuple | None:
+    def receive(self) -> tuple:
         try:
             result = self.conn.recv()
         except EOFError:
             raise ReplayError(f"a replay worker ended (exit code {self.proc.exitcode})") from None
-        if result is not None and result[0] == "crash":
+        if result[0] == "crash":
             raise ReplayError(f"a replay worker failed: {result[1]}")
         return result
 
+    def kill(self) -> None:
+        self.proc.kill()
+
     def close(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
+        """The end: the worker has its None (the sender's) or was killed."""
         self.conn.close()
         self.proc.join(5)
         if self.proc.is_alive():
@@ -319,39 +390,31 @@ class _Worker:
             self.proc.join()
 
 
-def _work(conn, k: int, jobs: int, name: str, engine, show_events: bool, source) -> None:
+def _work(conn, run: _Run, source) -> None:
     gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
-    run = _Run(name, engine, show_events)
+    mapped = None
     try:
         if source is not None:
-            fd, offset = source
-            with open(f"/proc/self/fd/{fd}", "rb") as f:  # an open file of its own: its own offset
-                f.seek(offset)
-                numbered = enumerate(f, 1)
-                owner = _Router(jobs).owner
-                end = _BATCH  # the number of the last line of the batch
-                while True:
-                    result = run.lines(islice(numbered, _BATCH), None, owner, k)
-                    conn.send(result)
-                    if result[2] is not None or run.last != end:  # an error, or the end of the file
-                        break
-                    end += _BATCH
-            conn.send(None)
-            conn.recv()  # the parent's goodbye
-        else:
-            while True:
-                part = conn.recv()
-                if part is None:
-                    break
-                numbers, lengths, blob = part
-                linenos, sizes = array("Q"), array("Q")
-                linenos.frombytes(numbers)
-                sizes.frombytes(lengths)
+            fd = os.open(f"/proc/self/fd/{source[0]}", os.O_RDONLY)  # its own: the parent's offset moves
+            mapped = _Mapped(fd)
+        while True:
+            part = conn.recv()
+            if part is None:
+                break
+            numbers, lengths, blob = part
+            linenos, sizes = array("Q"), array("Q")
+            linenos.frombytes(numbers)
+            sizes.frombytes(lengths)
+            if mapped is None:
                 lines, at = [], 0
                 for n in sizes:
                     lines.append(blob[at:at + n])
                     at += n
-                conn.send(run.lines(zip(linenos, lines), None))
+            else:
+                offsets = array("Q")
+                offsets.frombytes(blob)
+                lines = mapped.lines(offsets, sizes)
+            conn.send(run.lines(zip(linenos, lines), None))
     except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
         pass
     except Exception as exc:  # noqa: BLE001  (a bug: the parent says so rather than hang)
@@ -362,3 +425,21 @@ def _work(conn, k: int, jobs: int, name: str, engine, show_events: bool, source)
     finally:
         conn.close()
         os._exit(0)
+
+
+class _Mapped:
+    """A worker's map of the replayed file, mapped again when the file has grown past it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.map = self._map()
+
+    def _map(self):
+        size = os.fstat(self.fd).st_size
+        return mmap.mmap(self.fd, size, prot=mmap.PROT_READ) if size else b""
+
+    def lines(self, offsets: array, sizes: array) -> list[bytes]:
+        m = self.map
+        if offsets and offsets[-1] + sizes[-1] > len(m):
+            m = self.map = self._map()
+        return [m[at:at + n] for at, n in zip(offsets, sizes)]
