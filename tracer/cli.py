@@ -146,9 +146,9 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     and a stop flag for SIGINT/SIGTERM; everything undone on the way out.
 
     contain: also the agent's cgroup (made or adopted) and the egress policy
-    programs (a second compile, after the main one: BCC 0.26 crashes when
-    two compile at once); the cgroup is placed and the policy attached by
-    run_agent / watch."""
+    programs (compiled in a child process while the main one compiles here:
+    BCC 0.26 crashes when two compile in one process); the cgroup is placed
+    and the policy attached by run_agent / watch."""
     from . import cgroups  # noqa: PLC0415
     from .probes import Probes  # noqa: PLC0415
     from .gpu import GpuMonitor, nvidia_present  # noqa: PLC0415
@@ -158,6 +158,18 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
     ruleset = _load_rules(rules_paths)
     engine = Engine(ruleset.rules)  # before the BPF compile: a bad rule fails fast
     with ExitStack() as stack:
+        ahead = None
+        if contain is not None and contain.policy is not None:
+            # The policy programs compile in a child meanwhile (nothing to do when cached); forked
+            # here, before the metrics server's and the sinks' threads exist.
+            from .probes import PolicyProbes  # noqa: PLC0415
+
+            try:
+                ahead = PolicyProbes.compile_ahead()
+            except ProbeError as exc:
+                fail(f"{exc} (run `agentwatch doctor` for details)")
+            if ahead is not None:
+                stack.callback(ahead.cancel)
         metrics = _metrics(stack, metrics_addr)
         writer = _writer(stack, fmt, output, sinks, metrics)
         writer = _rate_limited(stack, writer, ruleset, alert_rate, metrics)
@@ -179,10 +191,8 @@ def _session(fmt: str | None, output: str | None, host_wide: bool, ringbuf_pages
             fail(f"{exc} (run `agentwatch doctor` for details)")
         policy_probes = None
         if contain is not None and contain.policy is not None:
-            from .probes import PolicyProbes  # noqa: PLC0415
-
             try:
-                policy_probes = stack.enter_context(PolicyProbes())
+                policy_probes = stack.enter_context(PolicyProbes(ahead))
             except ProbeError as exc:
                 fail(f"{exc} (run `agentwatch doctor` for details)")
         probes.protect(_protected())

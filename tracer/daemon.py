@@ -491,8 +491,9 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
     """Load everything the config asks for, adopt the sandboxes, and run until SIGTERM/SIGINT.
 
     Order matters: the control socket first (a second daemon fails before
-    compiling), then the main BPF object, then one policy object per policy
-    file (BCC 0.26 crashes when two compile at once), then the scan.
+    compiling), then the main BPF object, with the policy object compiling
+    in a child process meanwhile (BCC 0.26 crashes when two compile in one
+    process; one object serves every policy file), then the scan.
     """
     from contextlib import ExitStack  # noqa: PLC0415
 
@@ -525,6 +526,16 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
         except OSError as exc:
             raise DaemonSetupError(f"control socket {config.control.socket}: {exc.strerror}") from None
         stack.callback(control.shutdown)
+        ahead = None
+        if any(klass.policy is not None for klass in config.sandboxes):
+            # One object serves every policy: it compiles in a child meanwhile (bpfobject.Ahead),
+            # forked before any thread of the daemon's exists (the control server has none yet).
+            try:
+                ahead = PolicyProbes.compile_ahead()
+            except ProbeError as exc:
+                raise DaemonSetupError(f"{exc} (run `agentwatch doctor` for details)") from None
+            if ahead is not None:
+                stack.callback(ahead.cancel)
         probe_config = ProbeConfig(ringbuf_pages=ringbuf_pages, self_tgid=os.getpid(), cgroups=True, fleet=True,
                                    cgroups_max=config.max_sandboxes + 64)
         try:
@@ -534,7 +545,8 @@ def serve(config: DaemonConfig, engine, ringbuf_pages: int, protected, duration:
                 key = (klass.policy, klass.dry_run)
                 if klass.policy is None or key in policies:
                     continue
-                pp = stack.enter_context(PolicyProbes())
+                pp = stack.enter_context(PolicyProbes(ahead))
+                ahead = None  # taken: the next policy's object is the same one, cached or compiled
                 pp.fill(config.policies[klass.policy].tables(), 0, audit=klass.dry_run)
                 policies[key] = pp
         except ProbeError as exc:
