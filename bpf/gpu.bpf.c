@@ -170,13 +170,30 @@ static __always_inline void aw_gpu_open_returned(u32 tgid, u32 cls, long ret)
 		return;
 	struct aw_gpu_fd_key k = {.tgid = tgid, .fd = (u32)ret};
 	if (!cls) {
-		aw_gpu_fds.delete(&k);
+		if (aw_gpu_fds.lookup(&k)) /* a lookup takes no lock; the fd is almost never a GPU's */
+			aw_gpu_fds.delete(&k);
 		return;
 	}
 	aw_gpu_fds.update(&k, &cls);
 	aw_agent_of(k.tgid, &agent);
 	aw_gpu_count(k.tgid, cls & 0xff, AW_GPU_OP_OPEN, 0, 1);
 	aw_gpu_milestone(k.tgid, agent, AW_GPU_MS_OPEN, k.fd, cls & 0xff, AW_GPU_OP_OPEN, cls >> 8, 0);
+}
+
+/*
+ * An open returned fd ret with nothing pending (no GPU's path, not for
+ * writing): the fd is no GPU's, whatever it was before. A GPU fd can go
+ * without a close(2) the probes see (O_CLOEXEC at exec, close_range) and
+ * its number come back; every process's opens pass here, and only the
+ * agents' GPU fds are in the map: one lookup.
+ */
+static __always_inline void aw_gpu_fd_reused(u32 tgid, long ret)
+{
+	if (ret < 0)
+		return;
+	struct aw_gpu_fd_key k = {.tgid = tgid, .fd = (u32)ret};
+	if (aw_gpu_fds.lookup(&k))
+		aw_gpu_fds.delete(&k);
 }
 
 /* Called from the one close(2) probe (payload.bpf.c). */

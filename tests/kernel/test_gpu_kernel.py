@@ -108,6 +108,15 @@ def test_gpu_numbers_on_a_file_that_is_no_gpu_are_ignored(trace, progs, probes):
     assert not [k for k in probes.gpu_counts() if k[0] == pid]
 
 
+def test_a_gpu_fd_number_reused_without_close_is_no_gpu(trace, progs, probes):
+    # The GPU fd goes by close_range(2), which no probe sees; a read-only open of a plain
+    # file then gets its number: the open's exit must drop the old class.
+    t = trace([progs["gpu_sim"], "reuse"])
+    assert t.exit_code == 0
+    pid = t.execs()[0]["process"]["pid"]
+    assert _totals(t, pid) == {"nvidiactl.open": 1, "nvidiactl.control": 1}
+
+
 def test_unwatched_processes_are_not_counted(progs, probes):
     outside = subprocess.Popen([progs["gpu_sim"], "storm", "1237"], stdout=subprocess.DEVNULL)
     assert outside.wait() == 0

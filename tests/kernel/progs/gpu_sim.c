@@ -9,6 +9,8 @@
  *   storm  N RM_CONTROL ioctls on /dev/nvidiactl
  *   fork   open nvidiactl, dup it, fork: the child ioctls on the inherited fd
  *   plain  the same numbers on a file that is not a GPU device
+ *   reuse  a GPU fd closed by close_range(2) (no close(2) for the probes), its number
+ *          then opened on a file that is no GPU, read-only, and ioctl'd there
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -148,6 +151,17 @@ static void plain(void)
 	ioctl(fd, UVM_REGISTER_CHANNEL, NULL);
 }
 
+static void reuse(void)
+{
+	int ctl = open("/dev/nvidiactl", O_RDWR);
+	rm_control(ctl, 0x20800101);
+	syscall(SYS_close_range, ctl, ctl, 0);
+	int fd = open("/dev/notgpu", O_RDONLY); /* the lowest free number: ctl's */
+	rm_control(fd, 0x20800101);
+	rm_control(fd, 0x20800101);
+	printf("fds %d %d\n", ctl, fd);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -161,6 +175,8 @@ int main(int argc, char **argv)
 		forked();
 	else if (!strcmp(argv[1], "plain"))
 		plain();
+	else if (!strcmp(argv[1], "reuse"))
+		reuse();
 	else
 		return 2;
 	fflush(stdout);
