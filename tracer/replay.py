@@ -98,26 +98,6 @@ class _Run:
         self.needed = {t.encode(): re.compile(b"|".join(re.escape(orjson.dumps(v)) for v in sorted(texts))).search
                        for t, texts in engine.needed_text.items() if texts}
 
-    def skips(self, line: bytes) -> int:
-        """0: run the line; 1: skip it unparsed, a record read (no rule reads it); 2: skip it, an alert.
-
-        Like lines(), for the parent of --jobs (which counts what it skips).
-        """
-        if self.show_events:
-            return 0
-        if line.startswith(_EVENT_HEAD):
-            t = line[24:line.find(b'"', 24, 48)]
-            if t in self.skip:
-                return 1
-            has_text = self.needed.get(t)
-            if has_text is not None and has_text(line) is None and b"\\" not in line:
-                return 1
-        elif line.startswith(_ALERT_HEAD):
-            return 2
-        elif self.skip_status and line.startswith(_STATUS_HEAD):
-            return 1
-        return 0
-
     def lines(self, numbered: Iterable, emit) -> tuple[int, list | None, tuple | None]:
         """Run (line number, line as read) pairs; returns (records read, collected, error).
 
@@ -125,8 +105,7 @@ class _Run:
         None the (line number, record) pairs are collected and returned
         instead. error: (line number, message) of a line that is not a
         record; the lines after it are not run. What no rule reads is
-        skipped unparsed, as by skips() (written out here: the loop of a
-        replay on one core).
+        skipped unparsed (the same test as _routed's).
         """
         show_events = self.show_events
         skip, skip_status, needed = self.skip, self.skip_status, self.needed
@@ -325,7 +304,8 @@ def _routed(stream: BinaryIO, router: _Router, run: _Run, offset: int | None):
             size = len(line)
             if offset is not None:
                 offset += size
-            # _Run.lines' skips and _Router.owner's common case, written out (once a line).
+            # _Run.lines' skip test and _Router.owner's common case, written out again: a call
+            # per line would cost a tenth of this loop.
             if not show_events:
                 if line.startswith(_EVENT_HEAD):
                     t = line[24:line.find(b'"', 24, 48)]
